@@ -27,14 +27,17 @@ def test_quick_json_times_every_rule_against_the_floor(capsys):
     assert {r["rule"] for r in rows} == expected
     assert {(r["n"], r["d"]) for r in rows} == set(QUICK_SHAPES)
     for r in rows:
-        assert r["f"] == r["n"] // 4 and r["device"] in ("cpu", "cuda")
+        assert r["device"] in ("cpu", "cuda")
         if r["status"] == "ok":
             assert r["seconds"] > 0 and r["floor_seconds"] > 0
             assert r["ratio"] == r["seconds"] / r["floor_seconds"]
-        else:  # a rule whose limits exclude (n, f) is reported, not a crash
+            assert r["f"] == r["n"] // 4 or (1 <= r["f"] < r["n"] // 4 and "largest f it accepts" in r["reason"])
+        else:  # a rule that accepts no f >= 1 at (n, d) is reported, not a crash
             assert r["status"] == "skipped" and r["reason"] and r["ratio"] is None
-    bulyan = [r for r in rows if r["rule"] == "bulyan"]
-    assert bulyan and all(r["status"] == "skipped" and "n >= 4f + 3" in r["reason"] for r in bulyan)
+    # bulyan needs n >= 4f + 3: at n = 8 and 16 it is timed at f = 1 and 3, and says why
+    bulyan = {r["n"]: r for r in rows if r["rule"] == "bulyan"}
+    assert {n: r["f"] for n, r in bulyan.items()} == {8: 1, 16: 3}
+    assert all(r["status"] == "ok" and "n >= 4f + 3" in r["reason"] for r in bulyan.values())
 
 
 def test_rules_filter_and_table_output(capsys):

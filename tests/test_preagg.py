@@ -320,3 +320,58 @@ def test_cuda_matches_cpu(name, dtype):
     assert gpu.device.type == "cuda" and gpu.dtype == dtype
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol, equal_nan=True)
+
+
+# --- the fused pipeline: linear pre-aggregators folded into the mean ---
+
+FUSED_CHAINS = [["nnm"], ["clipping"], ["arc"], ["bucketing"], ["clipping", "nnm"], ["bucketing", "nnm"],
+                ["nnm", "bucketing"], ["nnm", "clipping"], ["arc", "bucketing", "nnm"], ["bucketing", "arc"]]
+
+
+@pytest.mark.parametrize("names", FUSED_CHAINS, ids=["+".join(c) for c in FUSED_CHAINS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_chain_then_mean_equals_the_plain_chain(names, dtype):
+    from byzctl.aggregators.mean import Mean
+    from byzctl.preagg.base import aggregate
+
+    pres = [options("preagg")[name]() for name in names]
+    x = rnd(13, 300, seed=len(names), dtype=dtype) * torch.linspace(0.1, 5.0, 13, dtype=dtype)[:, None]  # (13, 300) distinct norms
+    plain = mean(chain(pres, x, byzantine=2, generator=gen(4)), f=2)
+    fused = aggregate(pres, Mean(), x, byzantine=2, generator=gen(4))
+    assert fused.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(fused, plain, rtol=tol, atol=tol)
+
+
+def test_fused_mix_matches_each_function():
+    """W from `mix` reproduces the function itself, row for row."""
+    from byzctl.aggregators._gram import gram
+
+    x = rnd(11, 50, seed=3)
+    g, _ = gram(x)
+    for name, cls in options("preagg").items():
+        pre = cls()
+        if type(pre).mix is None:
+            continue
+        w = pre.mixing(g, f=2, generator=gen(9))
+        torch.testing.assert_close(w @ x, pre(x, f=2, generator=gen(9)), rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_fused_chain_checks_limits_and_skips_non_finite_rows():
+    from byzctl.aggregators.mean import Mean
+    from byzctl.preagg.base import aggregate
+
+    with pytest.raises(RuleError, match="n=5, f=3"):
+        aggregate([nnm_cfg()], Mean(), rnd(5, 4, seed=0), byzantine=3)
+    x = rnd(9, 20, seed=1)
+    x[0, 3] = float("nan")  # a non-finite row takes the plain chain: nnm passes it through, the mean shows it
+    plain = mean(nnm(x, f=2), f=2)
+    fused = aggregate([nnm_cfg()], Mean(), x, byzantine=2)
+    torch.testing.assert_close(fused, plain, equal_nan=True)
+    x[0] = 1e6  # one far row: clipping then mean stays bounded on the fused path too
+    out = aggregate([options("preagg")["clipping"](), nnm_cfg()], Mean(), x, byzantine=2)
+    assert bool(torch.isfinite(out).all()) and float(out.abs().max()) < 10
+
+
+def nnm_cfg():
+    return options("preagg")["nnm"]()

@@ -30,6 +30,9 @@ class Aggregator:
     """The pure rule function this config applies."""
     stateful: ClassVar[bool] = False
     """True when the rule takes the previous aggregate explicitly as `center=`."""
+    averages: ClassVar[bool] = False
+    """True when the rule is the plain mean of its inputs, so linear pre-aggregators
+    before it fold into one weighted sum (`byzctl.preagg.base.aggregate`)."""
 
     def params(self) -> dict[str, Any]:
         """The rule's keyword parameters (every field but `_target_`, `name` and `f`)."""

@@ -29,3 +29,4 @@ class Mean(Aggregator):
     name: str = "mean"
 
     fn: ClassVar = staticmethod(mean)
+    averages: ClassVar[bool] = True

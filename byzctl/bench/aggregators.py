@@ -5,10 +5,12 @@
 
 Every option the package knows (`options("aggregator")`, `options("preagg")`) is
 built from its config defaults and timed on random float32 inputs of each shape
-with f = n // 4; a pre-aggregator is timed followed by the mean ("nnm+mean").
+with f = n // 4; a pre-aggregator is timed followed by the mean ("nnm+mean"), through
+`byzctl.preagg.base.aggregate` as a run does. A rule whose limits exclude f = n // 4
+(bulyan needs n >= 4f + 3) is timed at the largest f it accepts, and says so.
 Each timing is the median of `repeats` runs after one warm-up, alternating with
 torch.mean(x, dim=0) on the same tensor, whose median is the floor; the ratio is
-seconds / floor_seconds. A rule whose limits exclude (n, f) is reported as skipped.
+seconds / floor_seconds. A rule that accepts no f >= 1 at a shape is reported as skipped.
 Output: a rich table, or with --json one JSON object per line.
 """
 
@@ -82,12 +84,21 @@ def _time_case(case: Case, x: torch.Tensor, f: int, repeats: int, device: str) -
     n, d = x.shape
     row: dict[str, Any] = {"rule": case.label, "kind": case.kind, "n": n, "d": d, "f": f, "device": device,
                            "seconds": None, "floor_seconds": None, "ratio": None, "status": "ok", "reason": ""}
-    try:
-        case.run(x, f)  # warm-up; compiles kernels; surfaces the rule's limits
-    except RuleError as e:
-        return {**row, "status": "skipped", "reason": str(e)}
-    except Exception as e:  # a bug in a rule: report it, keep timing the others
-        return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+    first: RuleError | None = None
+    for f_try in range(f, 0, -1):  # the largest f the rule accepts
+        try:
+            case.run(x, f_try)  # warm-up; compiles kernels; surfaces the rule's limits
+        except RuleError as e:
+            first = first or e
+            continue
+        except Exception as e:  # a bug in a rule: report it, keep timing the others
+            return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+        if f_try < f:
+            row.update(f=f_try, reason=f"largest f it accepts ({first})")
+        f = f_try
+        break
+    else:
+        return {**row, "status": "skipped", "reason": str(first)}
     floor, secs = [], []
     for _ in range(repeats):  # alternate, so both see the same machine load
         floor.append(_timed(lambda: torch.mean(x, dim=0), device))
@@ -109,8 +120,11 @@ def _timed(fn: Callable[[], object], device: str) -> float:
 
 
 def _cases(seed: int, device: str) -> list[Case]:
+    from byzctl.aggregators.mean import Mean
     from byzctl.config.schema import options
+    from byzctl.preagg.base import aggregate as pipeline
 
+    mean = Mean()
     cases = []
     for name, cls in options("aggregator").items():
         agg = cls()
@@ -124,7 +138,7 @@ def _cases(seed: int, device: str) -> list[Case]:
 
         def run(x: torch.Tensor, f: int, pre: Any = pre) -> torch.Tensor:
             g = torch.Generator(device=x.device).manual_seed(seed)
-            return torch.mean(pre(x, f=f, generator=g), dim=0)
+            return pipeline([pre], mean, x, byzantine=f, generator=g)
 
         cases.append(Case(f"{name}+mean", "preagg", run))
     return cases
@@ -180,7 +194,7 @@ class _Table:
         self.table.add_row(
             r["rule"], str(r["n"]), f"{r['d']:,}", str(r["f"]),
             f"{r['seconds'] * 1e3:.2f}" if ok else "-", f"{r['floor_seconds'] * 1e3:.2f}" if ok else "-",
-            f"{r['ratio']:.1f}" if ok else "-", "" if ok else f"{r['status']}: {r['reason']}",
+            f"{r['ratio']:.1f}" if ok else "-", r["reason"] if ok else f"{r['status']}: {r['reason']}",
         )
 
     def print(self) -> None:

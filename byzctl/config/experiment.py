@@ -17,13 +17,12 @@ from byzctl.config.schema import LauncherKind, Security, SecurityKind
 from byzctl.data.base import Dataset
 from byzctl.errors import ByzctlError, ConfigError
 from byzctl.models.base import ModelConfig
-from byzctl.preagg.base import Preagg, chain
+from byzctl.preagg.base import Preagg, aggregate
 from byzctl.topology.base import NodeSpec, Topology
 from byzctl.topology.cluster import Cluster, Place, load_cluster
 from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
-
 
 HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume")
 """Keys that say how this host joins the run, not what the run is: not hashed."""
@@ -109,8 +108,7 @@ class Experiment:
 
     def aggregate(self, x: torch.Tensor, *, center: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """This run's pre-aggregators then aggregator: (n, d) -> (d,)."""
-        x = chain(self.preaggs, x, byzantine=self.byzantine, generator=generator)
-        return self.aggregator(x, f=self.aggregator.resolve_f(self.byzantine), center=center)
+        return aggregate(self.preaggs, self.aggregator, x, byzantine=self.byzantine, center=center, generator=generator)
 
     # -- checks --------------------------------------------------------------------
     def check(self) -> None:

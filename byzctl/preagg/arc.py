@@ -12,7 +12,7 @@ from byzctl.aggregators._gram import check_float
 from byzctl.aggregators.base import check_matrix
 from byzctl.errors import check_f
 from byzctl.preagg.base import Preagg
-from byzctl.preagg.clipping import scale_rows
+from byzctl.preagg.clipping import scale_factors, scale_rows
 
 
 def arc(x: Tensor, *, f: int = 0) -> Tensor:
@@ -31,11 +31,24 @@ def arc(x: Tensor, *, f: int = 0) -> Tensor:
     n, _ = check_matrix(x, "arc")
     check_f(n, f, need=2 * f + 1, rule="arc", formula="n > 2f")
     check_float(x, "arc")
-    k = (2 * f * (n - f)) // n
     norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    return scale_rows(x, norms, _threshold(norms, f))  # (n, d)
+
+
+def arc_mix(g: Tensor, *, f: int = 0) -> Tensor:
+    """The diagonal W (n, n) with arc(x) == W @ x, from g = x @ x.T (every row finite)."""
+    n = g.shape[0]
+    check_f(n, f, need=2 * f + 1, rule="arc", formula="n > 2f")
+    norms = g.diagonal().clamp_min(0).sqrt()  # (n,)
+    return torch.diag(scale_factors(norms, _threshold(norms, f)))
+
+
+def _threshold(norms: Tensor, f: int) -> Tensor:
+    """The (k+1)-th largest norm, k = floor(2 (f/n) (n - f)); non-finite norms rank largest."""
+    n = norms.numel()
+    k = (2 * f * (n - f)) // n
     ranked = torch.where(torch.isfinite(norms), norms, float("inf"))
-    c = torch.sort(ranked, descending=True).values[k]  # the (k+1)-th largest norm
-    return scale_rows(x, norms, c)  # (n, d)
+    return torch.sort(ranked, descending=True).values[k]
 
 
 @dataclass(kw_only=True)
@@ -46,3 +59,5 @@ class Arc(Preagg):
     name: str = "arc"
 
     fn: ClassVar = staticmethod(arc)
+    mix: ClassVar = staticmethod(arc_mix)
+    reads: ClassVar[str] = "norms"

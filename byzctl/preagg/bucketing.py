@@ -31,6 +31,30 @@ def bucketing(x: Tensor, *, f: int = 0, bucket_size: int = 2, generator: torch.G
     """
     n, d = check_matrix(x, "bucketing")
     check_float(x, "bucketing")
+    m = _check_limits(n, f, bucket_size, generator)
+    perm = _permutation(n, generator).to(x.device)  # (n,)
+    mixed = torch.index_select(x, 0, perm, out=empty_rows(n, x))  # (n, d) a shuffled copy
+    full = n // bucket_size
+    out = mixed[: full * bucket_size].reshape(full, bucket_size, d).mean(dim=1)  # (full, d)
+    if full < m:  # the left-over rows form one smaller bucket
+        out = torch.cat([out, mixed[full * bucket_size :].mean(dim=0, keepdim=True)])
+    return out  # (m, d)
+
+
+def bucketing_mix(g: Tensor, *, f: int = 0, bucket_size: int = 2, generator: torch.Generator | None = None) -> Tensor:
+    """The W (m, n) with bucketing(x) == W @ x for the same generator state."""
+    n = g.shape[0]
+    m = _check_limits(n, f, bucket_size, generator)
+    perm = _permutation(n, generator).cpu()  # (n,)
+    bucket = torch.arange(n) // bucket_size  # (n,) bucket of each shuffled place
+    size = torch.bincount(bucket, minlength=m).to(torch.float64)  # (m,)
+    w = torch.zeros(m, n, dtype=torch.float64)
+    w[bucket, perm] = 1.0 / size[bucket]
+    return w  # (m, n)
+
+
+def _check_limits(n: int, f: int, bucket_size: int, generator: torch.Generator | None) -> int:
+    """Validate; returns the number of buckets."""
     _check_params(bucket_size, error=RuleError)
     check_f(n, f, need=2 * f + 1, rule="bucketing", formula="n > 2f")
     m = -(-n // bucket_size)  # buckets
@@ -44,13 +68,12 @@ def bucketing(x: Tensor, *, f: int = 0, bucket_size: int = 2, generator: torch.G
             "bucketing shuffles its inputs and needs an explicit generator, e.g. "
             "bucketing(x, f=f, generator=torch.Generator().manual_seed(seed))"
         )
-    perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)  # (n,)
-    mixed = torch.index_select(x, 0, perm, out=empty_rows(n, x))  # (n, d) a shuffled copy
-    full = n // bucket_size
-    out = mixed[: full * bucket_size].reshape(full, bucket_size, d).mean(dim=1)  # (full, d)
-    if full < m:  # the left-over rows form one smaller bucket
-        out = torch.cat([out, mixed[full * bucket_size :].mean(dim=0, keepdim=True)])
-    return out  # (m, d)
+    return m
+
+
+def _permutation(n: int, generator: torch.Generator | None) -> Tensor:
+    assert generator is not None
+    return torch.randperm(n, generator=generator, device=generator.device)  # (n,)
 
 
 def _check_params(bucket_size: int, *, error: type[Exception]) -> None:
@@ -68,6 +91,8 @@ class Bucketing(Preagg):
     """Rows averaged per bucket (s in the paper)."""
 
     fn: ClassVar = staticmethod(bucketing)
+    mix: ClassVar = staticmethod(bucketing_mix)
+    reads: ClassVar[str] = "none"
     randomized: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

@@ -30,24 +30,40 @@ def clipping(x: Tensor, *, f: int = 0, threshold: float | None = None) -> Tensor
     """
     n, _ = check_matrix(x, "clipping")
     check_float(x, "clipping")
+    _check_limits(n, f, threshold)
+    norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
+    return scale_rows(x, norms, _median_norm(norms) if threshold is None else threshold)
+
+
+def clipping_mix(g: Tensor, *, f: int = 0, threshold: float | None = None) -> Tensor:
+    """The diagonal W (n, n) with clipping(x) == W @ x, from g = x @ x.T (every row finite)."""
+    _check_limits(g.shape[0], f, threshold)
+    norms = g.diagonal().clamp_min(0).sqrt()  # (n,)
+    return torch.diag(scale_factors(norms, _median_norm(norms) if threshold is None else threshold))
+
+
+def _check_limits(n: int, f: int, threshold: float | None) -> None:
     _check_params(threshold, error=RuleError)
     if threshold is None:
         check_f(n, f, need=2 * f + 1, rule="clipping", formula="n > 2f for the adaptive threshold")
     else:
         check_f(n, f, need=1, rule="clipping", formula="n >= 1")
-    norms = torch.linalg.vector_norm(x, dim=1)  # (n,)
-    return scale_rows(x, norms, _median_norm(norms) if threshold is None else threshold)
 
 
 def scale_rows(x: Tensor, norms: Tensor, c: float | Tensor) -> Tensor:
     """x_i min(1, c / ||x_i||) for every row, zero for rows with a non-finite norm."""
     ok = torch.isfinite(norms)  # (n,)
-    factor = torch.where(norms > c, c / norms, torch.ones_like(norms))
-    factor = torch.where(ok, factor, torch.zeros_like(norms))  # (n,)
+    factor = scale_factors(norms, c)  # (n,)
     out = torch.mul(x, factor[:, None].to(x.dtype), out=empty_rows(x.shape[0], x))  # (n, d)
     if not bool(ok.all()):
         out[~ok] = 0.0  # 0 * Inf is NaN
     return out
+
+
+def scale_factors(norms: Tensor, c: float | Tensor) -> Tensor:
+    """min(1, c / ||x_i||) per row (n,), 0 where the norm is not finite."""
+    factor = torch.where(norms > c, c / norms, torch.ones_like(norms))
+    return torch.where(torch.isfinite(norms), factor, torch.zeros_like(norms))
 
 
 def _median_norm(norms: Tensor) -> Tensor:
@@ -71,6 +87,8 @@ class Clipping(Preagg):
     """Clip every vector to this norm; null: the median norm of the round's vectors."""
 
     fn: ClassVar = staticmethod(clipping)
+    mix: ClassVar = staticmethod(clipping_mix)
+    reads: ClassVar[str] = "norms"
 
     def __post_init__(self) -> None:
         _check_params(self.threshold, error=ConfigError)

@@ -32,10 +32,7 @@ def nnm(x: Tensor, *, f: int = 0) -> Tensor:
     check_f(n, f, need=2 * f + 1, rule="nnm", formula="n > 2f")
     check_float(x, "nnm")
     g, ok = gram(x)
-    with serial():
-        near = torch.sort(sq_distances(g, ok), dim=1, stable=True).indices[:, : n - f]  # (n, n - f)
-    w = torch.zeros(n, n, dtype=torch.float64)
-    w.scatter_(1, near, 1.0 / (n - f))  # (n, n) row i averages its neighbours
+    w = _weights(g, ok, f)  # (n, n) row i averages its neighbours
     if bool(ok.all()):
         return weighted_rows(x, w, ok)  # (n, d)
     good, bad = torch.nonzero(ok).flatten(), torch.nonzero(~ok).flatten()
@@ -43,6 +40,22 @@ def nnm(x: Tensor, *, f: int = 0) -> Tensor:
     out[bad.to(x.device)] = x[bad.to(x.device)]  # passed through
     out[good.to(x.device)] = weighted_rows(x, w[good], ok)  # NaN only if > f rows are bad
     return out
+
+
+def nnm_mix(g: Tensor, *, f: int = 0) -> Tensor:
+    """The W (n, n) with nnm(x) == W @ x, from g = x @ x.T (every row finite)."""
+    n = g.shape[0]
+    check_f(n, f, need=2 * f + 1, rule="nnm", formula="n > 2f")
+    return _weights(g, torch.ones(g.shape[0], dtype=torch.bool), f)
+
+
+def _weights(g: Tensor, ok: Tensor, f: int) -> Tensor:
+    """Row i of W puts 1 / (n - f) on the n - f rows nearest to row i (itself included)."""
+    n = g.shape[0]
+    with serial():
+        near = torch.sort(sq_distances(g, ok), dim=1, stable=True).indices[:, : n - f]  # (n, n - f)
+    w = torch.zeros(n, n, dtype=torch.float64)
+    return w.scatter_(1, near, 1.0 / (n - f))  # (n, n)
 
 
 @dataclass(kw_only=True)
@@ -53,3 +66,4 @@ class Nnm(Preagg):
     name: str = "nnm"
 
     fn: ClassVar = staticmethod(nnm)
+    mix: ClassVar = staticmethod(nnm_mix)
