@@ -332,3 +332,40 @@ def test_triton_kernel_in_interpreter_matches_cpu():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "non-finite"])
+def test_every_n_and_keep_matches_the_reference(kind):
+    """The sorting network's padding, early stop and finished ranges for every (n, f):
+    meamed's engine at every keep (bulyan's keep < n / 2 included), and trimmed mean."""
+    from byzctl.aggregators.meamed import around_median
+
+    for n in range(1, 41):
+        g = torch.Generator().manual_seed(1000 + n)
+        if kind == "normal":
+            x = torch.randn(n, 24, generator=g, dtype=torch.float64)
+        else:
+            x = torch.randint(-2, 3, (n, 24), generator=g).double()
+        low = 0
+        if kind == "non-finite":  # one per column: robust (finite) whenever a value is dropped
+            if n < 3:  # the median itself is then non-finite
+                continue
+            x[0, ::3], x[-1, 1::3], low = float("nan"), -INF, 1
+        for keep in range(1, n + 1 - low):
+            want = ref_meamed(x, n - keep)
+            assert not low or bool(torch.isfinite(want).all())
+            torch.testing.assert_close(around_median(x, keep=keep), want, rtol=1e-12, atol=1e-12, equal_nan=True,
+                                       msg=lambda m, n=n, keep=keep: f"n={n}, keep={keep}: {m}")
+        for f in range(low, (n - 1) // 2 + 1):
+            torch.testing.assert_close(cw_trimmed_mean(x, f=f), ref_trimmed_mean(x, f), rtol=1e-12, atol=1e-12,
+                                       equal_nan=True, msg=lambda m, n=n, f=f: f"n={n}, f={f}: {m}")
+
+
+def test_ties_on_the_full_sort_path_are_redone_exactly():
+    """n > 128 rows skip the network (a full torch.sort, as on CUDA without Triton):
+    tied columns still go through the exact rule."""
+    from byzctl.aggregators.meamed import around_median
+
+    x = torch.randint(-2, 3, (131, 16), generator=torch.Generator().manual_seed(5)).double()
+    for keep in (1, 40, 65, 66, 100, 130):
+        torch.testing.assert_close(around_median(x, keep=keep), ref_meamed(x, 131 - keep), rtol=1e-12, atol=1e-12)

@@ -12,7 +12,15 @@ and sorted along its rows by a bitonic network whose comparator layers are four
 whole-tensor `torch.minimum` / `torch.maximum` calls on strided views: no Python
 loop over coordinates, and no full torch.sort (whose per-column loop costs ~50x
 torch.mean). The final merge stops as soon as the ranks the rule reads are
-separated ("boundaries").
+separated ("boundaries"); ranges whose values the rule reads one by one ("sorted")
+are then finished on their own rows only. Rows of -inf may be put before the data
+("padding") so that the boundaries fall on multiples of a larger power of two, where
+the merge can stop earlier. When the rule never reads the lowest or highest few
+ranks and removing up to 4 of them halves N (n = 17, 18, 33, 34, ...: bulyan's
+selection of n - 2f rows is often just above a power of two), they are removed
+first, one arg-min or arg-max pass each ("shaving"). A rule can hand back columns
+it cannot settle from the partial order (exact ties in meamed), which are redone
+on a full sort of those columns alone.
 
 Chunks: each (N, w) buffer holds ~2^19 values (2 MiB in fp32), so a chunk's two
 buffers stay in L3 while every call is big enough that its fixed cost (~1.5 us)
@@ -25,36 +33,78 @@ thousands of calls took seconds there (the Python-thread variant: 5-6x torch.mea
 under the same load). With torch.set_num_threads(1), the usual setting for
 nodes sharing a host, there are no barriers.
 
-Other devices (and N > 128): the same `post` runs on `torch.sort(x, dim=0)` of x
+Other devices (and n > 128): the same `post` runs on `torch.sort(x, dim=0)` of x
 with NaN read as +inf. CUDA rules try `_triton_select` before this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-Post = Callable[[Tensor, int, Tensor], None]
-"""post(s, blk, out): s (N, w) holds one chunk's values, rows grouped in sorted blocks
-of `blk` rows (blk = 1: fully sorted), no NaN; write the chunk's result into out (w,)."""
+
+@dataclass(frozen=True)
+class Blocks:
+    """How `post`'s rows hold the ranks: rank r belongs at row r + offset (offset: the
+    rows of -inf padding first), and rows fall into blocks of `size` rows from row 0,
+    each sorted apart (every value of an earlier block <= every value of a later one)
+    but not within. size = 1: every rank at its row."""
+
+    size: int = 1
+    offset: int = 0
+
+    def at(self, r: int) -> int:
+        """The row of rank r (exact when the ranks before r fill whole blocks, or size = 1)."""
+        return r + self.offset
+
+    def edge(self, r: int) -> bool:
+        """True when rank r starts a block."""
+        return (r + self.offset) % self.size == 0
+
+
+SORTED = Blocks()
+
+Post = Callable[[Tensor, Blocks, Tensor], "Tensor | None"]
+"""post(s, blk, out): s (N, w) holds one chunk's values ordered as `blk` says (rank r at
+row blk.at(r), padding around), no NaN; write the chunk's result into out (w,). It may
+return the (k,) indices of columns it cannot settle from s (ties), which `by_columns`
+then redoes with `exact` over a full sort of the column."""
 
 _CHUNK_ELEMS = 1 << 19
 """Values in one (N, w) buffer: see the module docstring."""
 _MAX_NETWORK_ROWS = 128
 """Above this N the network's layers cost more than a full torch.sort."""
+_MAX_SHAVE = 4
+"""Most extremes removed one by one (an arg-min/max pass each) to halve N."""
 _INF = float("inf")
 
 
-def by_columns(x: Tensor, post: Post, *, boundaries: Iterable[int] | None = None, rows: Tensor | None = None) -> Tensor:
-    """Apply `post` to the column-sorted values of `x` (or of `x[rows]`), chunk by chunk.
+def by_columns(
+    x: Tensor,
+    post: Post,
+    *,
+    boundaries: Iterable[int] | None = None,
+    sorted_ranges: Sequence[tuple[int, int]] = (),
+    reads: tuple[int, int] | None = None,
+    exact: Callable[[Tensor], Tensor] | None = None,
+    rows: Tensor | None = None,
+) -> Tensor:
+    """Apply `post` to the column-ordered values of `x` (or of `x[rows]`), chunk by chunk.
 
     Args:
         x: (n, d) stacked vectors, floating point. Never modified.
         post: writes one chunk's result, see `Post`.
         boundaries: ranks b such that post only needs "the b smallest values are
-            rows [0, b)"; the sort stops once all hold. None: a full sort.
+            ranks [0, b)"; the sort stops once all hold. None: a full sort.
+        sorted_ranges: rank ranges [a, b) that post reads value by value; a and b
+            count as boundaries.
+        reads: the ranks [lo, hi) post reads at all (values, block edges), when it
+            is fewer than all: a few of the values below lo and above hi are then
+            removed first (shaved) where that halves the network.
+        exact: (n, k) sorted columns -> (k,) results, for the columns post returns.
         rows: (m,) row indices to use instead of all rows (bulyan's selection).
 
     Returns:
@@ -64,21 +114,28 @@ def by_columns(x: Tensor, post: Post, *, boundaries: Iterable[int] | None = None
     d = x.shape[1]
     work_dtype = torch.promote_types(x.dtype, torch.float32)
     out = torch.empty(d, dtype=work_dtype, device=x.device)  # (d,)
-    big_n = 1 << max(n - 1, 0).bit_length()  # N: rows padded to a power of two
-    if x.device.type != "cpu" or big_n > _MAX_NETWORK_ROWS or d == 0:
-        sub = x if rows is None else x.index_select(0, rows.to(x.device))
-        sub = torch.nan_to_num(sub.to(work_dtype), nan=_INF, posinf=_INF, neginf=-_INF)  # (n, d) copy
-        post(torch.sort(sub, dim=0).values, 1, out)  # (n, d) sorted
+    if x.device.type != "cpu" or n > _MAX_NETWORK_ROWS or d == 0:
+        full = _sorted_columns(x, rows, work_dtype)  # (n, d)
+        redo = post(full, SORTED, out)
+        if redo is not None and redo.numel():
+            out[redo] = _exact(exact)(full[:, redo])
         return out.to(x.dtype)
 
-    stride = _last_stride(big_n, boundaries)
+    cut_lo, cut_hi = _shave(n, boundaries, reads)
+    m = n - cut_lo - cut_hi  # rows left for the network
+    big_n = 1 << max(m - 1, 0).bit_length()  # N: rows padded to a power of two
+    shift = [(b - cut_lo) for b in boundaries] if boundaries is not None else None
+    pad, stride = _layout(m, big_n, shift, [(a - cut_lo, b - cut_lo) for a, b in sorted_ranges])
+    finish = [(a - cut_lo + pad, b - cut_lo + pad) for a, b in sorted_ranges if b - a > 1] if stride > 1 else []
+    blocks = Blocks(stride, pad - cut_lo)
     width = min(max(_CHUNK_ELEMS // big_n, 8), d)
     nets: dict[int, _Network] = {}  # by chunk width: the full one and the tail
+    redo: list[Tensor] = []
     for j0 in range(0, d, width):
         w = min(width, d - j0)
-        net = nets.get(w) or nets.setdefault(w, _Network(big_n, w, work_dtype, stride))
+        net = nets.get(w) or nets.setdefault(w, _Network(big_n, w, work_dtype, stride, finish, rows=pad + n))
         chunk = x[:, j0 : j0 + w]  # (n, w) view
-        head = net.a[:n]  # (n, w)
+        head = net.stage[pad : pad + n]  # (n, w)
         if rows is None and x.dtype == work_dtype:
             torch.nan_to_num(chunk, nan=_INF, posinf=_INF, neginf=-_INF, out=head)
         else:
@@ -89,27 +146,96 @@ def by_columns(x: Tensor, post: Post, *, boundaries: Iterable[int] | None = None
             else:
                 head.copy_(chunk.index_select(0, rows))
             head.nan_to_num_(nan=_INF, posinf=_INF, neginf=-_INF)
-        if n < big_n:
-            net.a[n:].fill_(_INF)  # padding sorts last
-        post(net.run(), stride, out[j0 : j0 + w])
+        _remove_extremes(head, cut_lo, cut_hi)  # rows [0, m) of head: the values left
+        if pad:
+            net.a[:pad].fill_(-_INF)  # sorts first
+        if pad + m < big_n:
+            net.a[pad + m : big_n].fill_(_INF)  # sorts last
+        cols = post(net.run(), blocks, out[j0 : j0 + w])
+        if cols is not None and cols.numel():
+            redo.append(cols + j0)
+    if redo:
+        cols = torch.cat(redo)  # (k,)
+        out[cols] = _exact(exact)(_sorted_columns(x.index_select(1, cols), rows, work_dtype))
     return out.to(x.dtype)
 
 
-def rank_value(s: Tensor, r: int, blk: int) -> Tensor:
+def _exact(exact: Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
+    if exact is None:
+        raise ValueError("post returned columns to redo but by_columns got no exact function")
+    return exact
+
+
+def _sorted_columns(x: Tensor, rows: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """x (or x[rows]) in `dtype`, NaN read as +inf, sorted along dim 0: a copy."""
+    sub = x if rows is None else x.index_select(0, rows.to(x.device))
+    sub = torch.nan_to_num(sub.to(dtype), nan=_INF, posinf=_INF, neginf=-_INF)  # (n, d) copy
+    return torch.sort(sub, dim=0).values
+
+
+def _shave(n: int, boundaries: Iterable[int] | None, reads: tuple[int, int] | None) -> tuple[int, int]:
+    """(below, above): how many of the smallest and largest values to remove first, so
+    that what is left fits a network of half the rows; (0, 0) where it would not pay."""
+    if reads is None or boundaries is None or n <= 2:
+        return 0, 0
+    big_n = 1 << (n - 1).bit_length()
+    need = n - big_n // 2  # removals that halve N
+    room_lo, room_hi = reads[0], n - reads[1]
+    if need > _MAX_SHAVE or need > room_lo + room_hi:
+        return 0, 0
+    below = min(room_lo, (need + 1) // 2)
+    above = need - below
+    if above > room_hi:
+        below, above = need - room_hi, room_hi
+    return below, above
+
+
+def _remove_extremes(head: Tensor, below: int, above: int) -> None:
+    """Remove the `below` smallest and `above` largest values of every column of head
+    (n, w): each goes where it stood is taken by the column's last value, so rows
+    [0, n - below - above) end up holding the values left."""
+    last = head.shape[0]
+    for find, count in ((torch.argmin, below), (torch.argmax, above)):
+        for _ in range(count):
+            at = find(head[:last], dim=0, keepdim=True)  # (1, w)
+            head.scatter_(0, at, head[last - 1 : last].clone())
+            last -= 1
+
+
+def _layout(n: int, big_n: int, boundaries: Iterable[int] | None, sorted_ranges: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """(pad, stride): the rows of -inf before the data, and the stride of the final
+    merge's last layer, chosen for the largest stride (then the least padding).
+
+    A boundary at 0 or n needs no layer (padding sorts apart from the data by value),
+    but a sorted range's ends must fall on block edges: its rows are finished alone."""
+    if boundaries is None:
+        return 0, 1
+    inner = [b for b in boundaries if 0 < b < n]
+    ends = [e for r in sorted_ranges for e in r]
+    best = (0, 1)
+    for pad in range(big_n - n + 1):
+        stride = _last_stride(big_n, [b + pad for b in (*inner, *ends)])
+        if stride > best[1]:
+            best = (pad, stride)
+    return best
+
+
+def rank_value(s: Tensor, r: int, blk: Blocks) -> Tensor:
     """The value of rank r (0-based) per column of s: (N, w) -> (w,).
 
-    Needs r + 1 or r to be a multiple of blk (see `by_columns`' boundaries).
+    Needs r or r + 1 to start a block (see `by_columns`' boundaries).
     """
-    if blk == 1:
-        return s[r]
-    if (r + 1) % blk == 0:  # rows [r+1-blk, r+1) hold ranks up to r: take their max
-        return torch.amax(s[r + 1 - blk : r + 1], dim=0)
-    if r % blk == 0:  # rows [r, r+blk) hold ranks from r: take their min
-        return torch.amin(s[r : r + blk], dim=0)
-    raise ValueError(f"rank {r} is not at a block edge of {blk} rows")
+    row = blk.at(r)
+    if blk.size == 1:
+        return s[row]
+    if blk.edge(r + 1):  # the block ending at r: its max
+        return torch.amax(s[row + 1 - blk.size : row + 1], dim=0)
+    if blk.edge(r):  # the block starting at r: its min
+        return torch.amin(s[row : row + blk.size], dim=0)
+    raise ValueError(f"rank {r} is not at a block edge of {blk}")
 
 
-def median_of(s: Tensor, n: int, blk: int) -> Tensor:
+def median_of(s: Tensor, n: int, blk: Blocks) -> Tensor:
     """Median of the first n ranks per column, (N, w) -> (w,); boundary (n - 1) // 2 + 1.
 
     Even n: the mean of the two middle values, as 0.5*a + 0.5*b (no overflow near the
@@ -149,8 +275,11 @@ class _Network:
     of stride `last`.
     """
 
-    def __init__(self, big_n: int, w: int, dtype: torch.dtype, last: int) -> None:
-        self.a = torch.empty(big_n, w, dtype=dtype)  # (N, w) input
+    def __init__(
+        self, big_n: int, w: int, dtype: torch.dtype, last: int, finish: Sequence[tuple[int, int]] = (), *, rows: int = 0
+    ) -> None:
+        self.stage = torch.empty(max(big_n, rows), w, dtype=dtype)  # values are loaded (and shaved) here
+        self.a = self.stage[:big_n]  # (N, w) the network's input
         b = torch.empty(big_n, w, dtype=dtype)
         self.calls: list[tuple[Callable[..., Tensor], Tensor, Tensor, Tensor]] = []
         src, dst = self.a, b
@@ -163,6 +292,15 @@ class _Network:
                 s //= 2
             p *= 2
         self.result = src  # (N, w)
+        for lo, hi in finish:  # rows [lo, hi): blocks of `last` rows, each a bitonic sequence
+            here, there, s = src, dst, last // 2
+            while s >= 1:
+                rows = hi - lo
+                v, o = here[lo:hi].view(rows // (2 * s), 2, s, w), there[lo:hi].view(rows // (2 * s), 2, s, w)
+                self.calls += [(torch.minimum, v[:, 0], v[:, 1], o[:, 0]), (torch.maximum, v[:, 0], v[:, 1], o[:, 1])]
+                here, there, s = there, here, s // 2
+            if here is not src:  # back into the result buffer
+                self.calls.append((_copy, here[lo:hi], here[lo:hi], src[lo:hi]))
 
     def _layer(self, src: Tensor, dst: Tensor, big_n: int, w: int, p: int, s: int) -> None:
         lo, hi = torch.minimum, torch.maximum
@@ -183,6 +321,10 @@ class _Network:
         for op, u, v, o in self.calls:
             op(u, v, out=o)
         return self.result
+
+
+def _copy(u: Tensor, _: Tensor, out: Tensor) -> Tensor:
+    return out.copy_(u)
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from byzctl.aggregators import _select
+from byzctl.aggregators._gram import gram, serial, sq_distances
 from byzctl.aggregators.base import Aggregator, check_matrix
-from byzctl.aggregators.meamed import mean_around_median
+from byzctl.aggregators.meamed import around_median
 from byzctl.errors import check_f
 
 
@@ -20,9 +21,8 @@ def bulyan(x: Tensor, *, f: int = 0) -> Tensor:
     values closest to their median. El Mhamdi, Guerraoui, Rouault, "The hidden
     vulnerability of distributed learning in Byzantium", ICML 2018.
 
-    Krum's squared distances come from one Gram matrix x @ x.T (float32 inputs give
-    float32 distances, which lose precision when vectors are far apart relative to
-    their norms). Rows with non-finite values are at infinite distance from all, so
+    Krum's squared distances come from one Gram matrix (see `byzctl.aggregators._gram`
+    for their precision). Rows with non-finite values are at infinite distance from all, so
     up to f of them are never picked. Ties at the coordinate step share places
     equally (as in `meamed`). Keeps x's dtype and device.
 
@@ -38,11 +38,7 @@ def bulyan(x: Tensor, *, f: int = 0) -> Tensor:
     rows = _krum_picks(x, f=f, count=theta)  # (theta,) on x.device
     if (out := _select.triton_columns(x, rule="meamed", f=2 * f, rows=rows)) is not None:
         return out  # (d,) CUDA
-
-    def post(s: Tensor, blk: int, out: Tensor) -> None:
-        out.copy_(mean_around_median(s, theta, 2 * f))
-
-    return _select.by_columns(x, post, rows=rows)  # (d,)
+    return around_median(x, keep=theta - 2 * f, rows=rows)  # (d,)
 
 
 def _krum_picks(x: Tensor, *, f: int, count: int) -> Tensor:
@@ -55,21 +51,19 @@ def _krum_picks(x: Tensor, *, f: int, count: int) -> Tensor:
     n = x.shape[0]
     if count >= n:
         return torch.arange(n, device=x.device)
-    gram = (x @ x.T).to(torch.float64)  # (n, n), one pass over x
-    sq = gram.diagonal()  # (n,)
-    dist = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0)  # (n, n) squared distances
-    dist = torch.nan_to_num(dist, nan=float("inf")).cpu()  # non-finite rows: far from all
-    dist.fill_diagonal_(float("inf"))  # a vector is not its own neighbour
+    g, ok = gram(x)  # (n, n), the one pass over x
+    dist = sq_distances(g, ok).fill_diagonal_(float("inf"))  # a vector is not its own neighbour
     left = torch.arange(n)
     picked = []
-    for _ in range(count):
-        m = left.numel()
-        k = m - f - 2
-        sub = dist[left][:, left]  # (m, m)
-        scores = sub.topk(k, dim=1, largest=False).values.sum(dim=1) if k > 0 else torch.zeros(m, dtype=sub.dtype)
-        best = int(torch.argmin(scores))
-        picked.append(int(left[best]))
-        left = torch.cat([left[:best], left[best + 1 :]])
+    with serial():
+        for _ in range(count):
+            m = left.numel()
+            k = m - f - 2
+            sub = dist[left][:, left]  # (m, m)
+            scores = sub.topk(k, dim=1, largest=False).values.sum(dim=1) if k > 0 else torch.zeros(m, dtype=sub.dtype)
+            best = int(torch.argmin(scores))
+            picked.append(int(left[best]))
+            left = torch.cat([left[:best], left[best + 1 :]])
     return torch.tensor(sorted(picked), device=x.device)
 
 

@@ -29,10 +29,10 @@ def cw_median(x: Tensor, *, f: int = 0) -> Tensor:
     if (out := _select.triton_columns(x, rule="median", f=f)) is not None:
         return out  # (d,) CUDA
 
-    def post(s: Tensor, blk: int, out: Tensor) -> None:
+    def post(s: Tensor, blk: _select.Blocks, out: Tensor) -> None:
         out.copy_(_select.median_of(s, n, blk))
 
-    return _select.by_columns(x, post, boundaries=[_select.median_boundary(n)])  # (d,)
+    return _select.by_columns(x, post, boundaries=[_select.median_boundary(n)], reads=((n - 1) // 2, n // 2 + 1))  # (d,)
 
 
 @dataclass(kw_only=True)

@@ -32,11 +32,11 @@ def cw_trimmed_mean(x: Tensor, *, f: int = 0) -> Tensor:
     if (out := _select.triton_columns(x, rule="trimmed_mean", f=f)) is not None:
         return out  # (d,) CUDA
 
-    def post(s: Tensor, blk: int, out: Tensor) -> None:
-        torch.sum(s[f : n - f], dim=0, out=out)  # ranks [f, n - f) as a set
+    def post(s: Tensor, blk: _select.Blocks, out: Tensor) -> None:
+        torch.sum(s[blk.at(f) : blk.at(n - f)], dim=0, out=out)  # ranks [f, n - f) as a set
         out.div_(n - 2 * f)
 
-    return _select.by_columns(x, post, boundaries=[f, n - f])  # (d,)
+    return _select.by_columns(x, post, boundaries=[f, n - f], reads=(f, n - f))  # (d,)
 
 
 @dataclass(kw_only=True)

@@ -33,11 +33,64 @@ def meamed(x: Tensor, *, f: int = 0) -> Tensor:
         return torch.mean(x, dim=0)  # (d,) all n values are kept
     if (out := _select.triton_columns(x, rule="meamed", f=f)) is not None:
         return out  # (d,) CUDA
+    return around_median(x, keep=n - f)  # (d,)
 
-    def post(s: Tensor, blk: int, out: Tensor) -> None:
-        out.copy_(mean_around_median(s, n, f))
 
-    return _select.by_columns(x, post)  # (d,)
+def around_median(x: Tensor, *, keep: int, rows: Tensor | None = None) -> Tensor:
+    """Per coordinate, the mean of the `keep` values of x (or of x[rows]) closest to their
+    median, ties sharing places as in `mean_around_median`: (d,). The CPU engine of
+    meamed and bulyan (whose keep may be below n / 2).
+
+    The kept values are a window of consecutive ranks, and it lies within the middle M
+    ranks: all r of them when keep >= r / 2, else the keep ranks on each side of the
+    median (M = 2 keep, or 2 keep - 1 for odd r, the median itself in the middle).
+    Of those, the middle M - 2 fb ranks (fb = M - keep) are always kept, so only the
+    fb lowest ranks B and fb highest ranks T of the block need sorting: the keep - (M -
+    2 fb) = fb closest of B and T are, pair by pair, the closer of B[k] and T[k]
+    (merging two sorted lists of distances). The network sorts just that much (see
+    `_select.by_columns`; a few values outside the block may be removed first). Where
+    a tie at the cut-off distance makes the choice ambiguous (a value outside the
+    pairs, or both of a pair, at exactly that distance), the column is redone by
+    `mean_around_median` over a full sort of it.
+    """
+    r = x.shape[0] if rows is None else rows.numel()
+    drop = r - keep
+    if drop == 0:
+        return torch.mean(x if rows is None else x[rows], dim=0)  # (d,) every value is kept
+    block = r if keep >= drop else 2 * keep - r % 2  # M
+    lo = (r - block) // 2  # ranks below the block
+    fb = block - keep  # |B| = |T|
+    t_lo, t_hi = lo + block - fb, lo + block  # T = ranks [t_lo, t_hi)
+    core = block - 2 * fb
+
+    def post(s: Tensor, blk: _select.Blocks, out: Tensor) -> Tensor | None:
+        m = _select.median_of(s, r, blk)  # (w,)
+        low, high = s[blk.at(lo) : blk.at(lo + fb)], s[blk.at(t_lo) : blk.at(t_hi)]  # (fb, w) each, sorted
+        near = torch.sub(m, low)  # (fb, w) distances of B, T to the median
+        far = torch.sub(high, m)
+        torch.sum(torch.where(near <= far, low, high), dim=0, out=out)  # the closer of each pair
+        if core:
+            out += s[blk.at(lo + fb) : blk.at(t_lo)].sum(dim=0)
+        if fb:
+            cut = torch.minimum(near, far).amax(dim=0)  # (w,) farthest kept
+            tie = cut == torch.maximum(near, far).amin(dim=0)  # (w,) nearest dropped is as far
+        else:  # keep = 1, odd r: the median alone
+            cut, tie = torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool)
+        if lo:  # the nearest values outside the block
+            tie |= torch.sub(m, _select.rank_value(s, lo - 1, blk)) <= cut
+            tie |= torch.sub(_select.rank_value(s, t_hi, blk), m) <= cut
+        out.div_(keep)
+        return torch.nonzero(tie).flatten() if bool(tie.any()) else None  # rare on real data
+
+    def exact(sorted_cols: Tensor) -> Tensor:
+        return mean_around_median(sorted_cols, r, drop)
+
+    return _select.by_columns(
+        x, post, exact=exact, rows=rows,
+        boundaries=[lo, lo + fb, t_lo, t_hi, *([_select.median_boundary(r)] if core > 1 else [])],
+        sorted_ranges=[(lo, lo + fb), (t_lo, t_hi)],
+        reads=(max(lo - 1, 0), min(t_hi + 1, r)),
+    )
 
 
 def mean_around_median(s: Tensor, n: int, f: int) -> Tensor:
@@ -55,7 +108,7 @@ def mean_around_median(s: Tensor, n: int, f: int) -> Tensor:
     """
     keep = n - f
     core = max(keep - f, 0)
-    m = _select.median_of(s, n, 1)  # (w,)
+    m = _select.median_of(s, n, _select.SORTED)  # (w,)
     if core:  # only the window ends [0, f] and [keep - 1, n) can be dropped
         lo, hi = s[: f + 1], s[keep - 1 : n]  # (f + 1, w) each: window a's low and high end
         dist = torch.empty(2, *lo.shape, dtype=s.dtype, device=s.device)  # (2, f + 1, w) to the median
