@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -326,6 +327,7 @@ def test_triton_kernel_in_interpreter_matches_cpu():
             torch.testing.assert_close(_triton_select.columns(x, rule=rule, f=2), fn(x, f=2))
         rows = torch.tensor([0, 2, 3, 5, 6])
         torch.testing.assert_close(_triton_select.columns(x, rule="meamed", f=1, rows=rows), meamed(x[rows], f=1))
+        _triton_select.self_check(torch.device("cpu"))  # what gates the kernel before its first use on a GPU
         print("ok")
         """
     )
@@ -369,3 +371,31 @@ def test_ties_on_the_full_sort_path_are_redone_exactly():
     x = torch.randint(-2, 3, (131, 16), generator=torch.Generator().manual_seed(5)).double()
     for keep in (1, 40, 65, 66, 100, 130):
         torch.testing.assert_close(around_median(x, keep=keep), ref_meamed(x, 131 - keep), rtol=1e-12, atol=1e-12)
+
+
+def test_a_kernel_that_computes_wrong_values_is_disabled(monkeypatch):
+    """The Triton kernel must pass a self-check against the CPU rules before use: a wrong
+    one raises there, and `triton_columns` turns that into a warning and torch.sort."""
+    from byzctl.aggregators import _select, _triton_select
+
+    def kernel(x, *, rule, f, rows=None, wrong=True):
+        fn = {"median": cw_median, "trimmed_mean": cw_trimmed_mean, "meamed": meamed}[rule]
+        return fn(x if rows is None else x[rows], f=f) + (1.0 if wrong and rule == "meamed" else 0.0)
+
+    off_by_one = kernel
+    monkeypatch.setattr(_triton_select, "columns", off_by_one)
+    monkeypatch.setattr(_triton_select, "_checked", set())
+    with pytest.raises(RuntimeError, match="self-check failed: meamed n=5 f=1"):
+        _triton_select.self_check(torch.device("cpu"))
+    monkeypatch.setattr(_triton_select, "columns", lambda x, *, rule, f, rows=None: kernel(x, rule=rule, f=f, rows=rows, wrong=False))
+    _triton_select.self_check(torch.device("cpu"))  # a correct kernel passes, once per device
+    assert "cpu" in _triton_select._checked
+
+    monkeypatch.setattr(_triton_select, "_checked", set())
+    monkeypatch.setattr(_triton_select, "columns", off_by_one)
+    monkeypatch.setattr(_triton_select, "_broken", None)
+    monkeypatch.setattr(_triton_select, "available", lambda: _triton_select._broken is None)
+    fake_cuda = SimpleNamespace(shape=(5, 3), is_cuda=True, device=torch.device("cpu"))  # what triton_columns reads
+    with pytest.warns(RuntimeWarning, match="self-check failed"):
+        assert _select.triton_columns(fake_cuda, rule="meamed", f=1) is None
+    assert _triton_select._broken and not _triton_select.available()

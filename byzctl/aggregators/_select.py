@@ -342,8 +342,8 @@ def check_float(x: Tensor, rule: str) -> None:
 def triton_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor | None:
     """`rule` over x's columns by the Triton kernel (`_triton_select.columns`), or None
     where it does not apply: a CPU tensor, Triton missing, more than 64 rows (`rows`
-    when the rule reads a subset), or a kernel that failed to compile here (warned
-    once; the rule then uses torch.sort)."""
+    when the rule reads a subset), or a kernel that failed to compile or its
+    self-check here (warned once; the rule then uses torch.sort)."""
     n = x.shape[0] if rows is None else rows.numel()
     if not x.is_cuda or not 1 <= n <= 64:
         return None
@@ -352,7 +352,8 @@ def triton_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) 
     if not _triton_select.available():
         return None
     try:
+        _triton_select.self_check(x.device)
         return _triton_select.columns(x, rule=rule, f=f, rows=rows)
-    except Exception as e:  # e.g. triton CompilationError on an older Triton or GPU
+    except Exception as e:  # e.g. triton CompilationError on an older Triton or GPU, or a failed self-check
         _triton_select.disable(e)
         return None

@@ -16,6 +16,10 @@ stay strings (`from __future__ import annotations`) until Triton reads them.
 Check it without a GPU with TRITON_INTERPRET=1 on CPU tensors (tests do, marked slow).
 If it fails to compile on some Triton/GPU, `_select.triton_columns` warns once and
 the rules use torch.sort; the gpu tests call it directly so such a failure shows.
+Before its first use on a device the kernel must also pass `self_check`: a few
+small inputs full of ties and non-finite values, every rule, compared with the CPU
+rules; a kernel that computes wrong values is disabled the same way, so a new
+Triton or GPU can make byzctl slower but not wrong.
 """
 
 from __future__ import annotations
@@ -60,6 +64,39 @@ def _importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+_checked: set[str] = set()
+"""Devices whose kernel passed `self_check` in this process."""
+
+
+def self_check(device: torch.device) -> None:
+    """Raise RuntimeError unless the kernel agrees with the CPU rules on `device`, once
+    per device and process: n = 5, 32, 64 (with bulyan-style `rows`), f = 1 .. n//2 - 1,
+    integer-valued inputs (ties everywhere), one NaN and one -inf per column within f."""
+    key = str(device)
+    if key in _checked:
+        return
+    from byzctl.aggregators.cw_median import cw_median
+    from byzctl.aggregators.cw_trimmed_mean import cw_trimmed_mean
+    from byzctl.aggregators.meamed import meamed
+
+    cpu_rules = {"median": cw_median, "trimmed_mean": cw_trimmed_mean, "meamed": meamed}
+    gen = torch.Generator().manual_seed(0)
+    for n in (5, 32, 64):
+        x = torch.randint(-3, 4, (n, 300), generator=gen).float()  # (n, 300) CPU
+        x[0, ::2], x[n - 1, 1::2] = float("nan"), float("-inf")
+        rows = torch.randperm(n, generator=gen)[: n - 2].sort().values
+        for f in sorted({1, n // 4, (n - 1) // 2}):
+            for rule, fn in cpu_rules.items():
+                cases = [(None, fn(x, f=f))] + ([(rows, fn(x[rows], f=f))] if rule == "meamed" and n - 2 > 2 * f else [])
+                for sub, want in cases:
+                    got = columns(x.to(device), rule=rule, f=f, rows=None if sub is None else sub.to(device)).cpu()
+                    if not torch.allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True):
+                        bad = int((~torch.isclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)).sum())
+                        raise RuntimeError(f"self-check failed: {rule} n={n} f={f} rows={sub is not None}: "
+                                           f"{bad} of 300 coordinates differ from the CPU rule")
+    _checked.add(key)
 
 
 def columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor:
