@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install byzctl (editable, with the dev extra)
+install: $(STAMP) ## create .venv and install byzctl (editable, with the dev and loggers extras)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,loggers]'
 	touch $(STAMP)
 
 run: install ## run the embedded default experiment (ARGS="topology=ps ..." adds overrides)

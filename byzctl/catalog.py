@@ -20,6 +20,7 @@ KINDS = {
     "devices": "device",
     "graphs": "graph",
     "security": "security",
+    "loggers": "logger",
 }
 HIDDEN = {"_target_", "name"}
 

@@ -7,6 +7,7 @@ failed, 1 otherwise (warnings do not fail: e.g. no GPU, or no CURVE for secured 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -19,8 +20,6 @@ from typing import Literal
 
 Status = Literal["ok", "warn", "fail"]
 
-OPTIONAL_LOGGERS = ("tensorboard", "mlflow", "wandb")
-"""Experiment trackers a user may have installed (byzctl itself writes metrics.jsonl)."""
 MIN_PYTHON = (3, 10)
 
 
@@ -159,10 +158,26 @@ def check_plotting_and_vision() -> tuple[Status, str]:
 
 
 def check_loggers() -> tuple[Status, str]:
-    v = {k: x for k, x in _versions(OPTIONAL_LOGGERS).items() if x}
-    if not v:
-        return "ok", f"none of {', '.join(OPTIONAL_LOGGERS)} installed (optional; byzctl writes metrics.jsonl)"
-    return "ok", "installed: " + ", ".join(f"{k} {x}" for k, x in v.items())
+    """Which `logger=` options this machine can run (their packages are optional)."""
+    from byzctl.config.schema import options
+    from byzctl.errors import ConfigError
+
+    ready, missing = [], []
+    for name, cls in options("logger").items():
+        if name == "none":
+            continue
+        logger = cls()
+        try:
+            logger.check()
+        except ConfigError:
+            need = [pkg for module, pkg in logger.requirements() if importlib.util.find_spec(module) is None]
+            missing.append(f"logger={name} needs: pip install {' '.join(need)}")
+            continue
+        # mlflow-skinny or the full mlflow: whichever distribution provides the module
+        v = {pkg: _versions((pkg,))[pkg] or _versions((module,))[module] for module, pkg in logger.requirements()}
+        ready.append(f"logger={name} ({', '.join(f'{k} {x}' for k, x in v.items() if x)})")
+    text = "; ".join(ready + missing) or "no logger options"
+    return "ok", f"{text} (optional; metrics.jsonl is always written)"
 
 
 CHECKS: list[tuple[str, Callable[[], tuple[Status, str]]]] = [

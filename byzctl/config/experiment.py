@@ -16,6 +16,8 @@ from byzctl.config.build import build
 from byzctl.config.schema import LauncherKind, Security, SecurityKind
 from byzctl.data.base import Dataset
 from byzctl.errors import ByzctlError, ConfigError
+from byzctl.loggers.base import Logger
+from byzctl.loggers.none import NoLogger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg, aggregate
 from byzctl.topology.base import NodeSpec, Topology
@@ -24,8 +26,8 @@ from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
 
-HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume")
-"""Keys that say how this host joins the run, not what the run is: not hashed."""
+HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger")
+"""Keys that say how this host joins or records the run, not what the run is: not hashed."""
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -56,6 +58,8 @@ class Experiment:
     byzantine: int
     graph: Graph
     security: Security
+    logger: Logger
+    """Where the launcher also sends metrics.jsonl rows (none, tensorboard, mlflow)."""
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Experiment:
@@ -64,11 +68,12 @@ class Experiment:
         preaggs = [build(node, f"preagg.{name}") for name, node in cfg.preagg.items()]
         graph = build(cfg.graph, "graph") if "graph" in cfg else Graph()
         security = build(cfg.security, "security") if "security" in cfg else Security()
+        logger = build(cfg.logger, "logger") if "logger" in cfg else NoLogger()
         exp = cls(
             cfg=cfg, topology=parts["topology"], aggregator=parts["aggregator"], preaggs=preaggs,
             attack=parts["attack"], dataset=parts["dataset"], model=parts["model"],
             device=parts["device"].resolve(), honest=int(cfg.nodes.honest), byzantine=int(cfg.nodes.byzantine),
-            graph=graph, security=security,
+            graph=graph, security=security, logger=logger,
         )
         exp.check()
         return exp
@@ -134,6 +139,7 @@ class Experiment:
             raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
         _ = self.cluster  # parse the cluster file and check it against the plan now
         self.check_security()
+        self.logger.check()  # a missing tensorboard/mlflow fails now, not after the nodes started
         if self.decentralized:
             self.check_graph()
         else:

@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from byzctl.aggregators.base import Aggregator
 from byzctl.attacks.base import Attack
 from byzctl.data.base import Dataset
+from byzctl.loggers.base import Logger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg
 from byzctl.topology.base import Topology
@@ -112,6 +113,8 @@ class Config:
     """Who talks to whom in decentralized topologies (ignored by ps)."""
     security: Any = MISSING
     """Transport security: auto, none or curve."""
+    logger: Any = MISSING
+    """Where metrics.jsonl rows also go: none, tensorboard or mlflow (not hashed)."""
     nodes: Nodes = field(default_factory=Nodes)
     rounds: int = 300
     """Training rounds (server steps in ps; local iterations otherwise)."""
@@ -150,6 +153,7 @@ GROUPS: dict[str, tuple[str, type]] = {
     "dataset": ("byzctl.data", Dataset),
     "model": ("byzctl.models", ModelConfig),
     "topology": ("byzctl.topology", Topology),
+    "logger": ("byzctl.loggers", Logger),
 }
 """Config group -> (package holding its options, their base class)."""
 

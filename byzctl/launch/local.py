@@ -27,6 +27,7 @@ from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError, ConfigError, PeerError
 from byzctl.launch.monitor import Monitor
 from byzctl.launch.rundir import RunDir, read_json
+from byzctl.loggers import RunContext, headline
 
 log = logging.getLogger("byzctl")
 
@@ -121,9 +122,11 @@ class LocalLauncher:
                 rundir.start(run_id=self.run_id, config_hash=exp.hash, topology=exp.topology.name,
                              launcher="remote" if exp.remote else "local", control=self.control,
                              nodes=[{"id": s.id, "role": s.role.value, "byzantine": s.byzantine} for s in exp.plan()])
+            self._open_logger()
+            spawned = time.monotonic()
             self.spawn(monitor, resolved)
             rundir.update(pids={str(i): p.pid for i, p in self.procs.items()})
-            self._supervise(monitor, t0)
+            self._supervise(monitor, spawned)
         except Interrupted as exc:
             self.state, self.reason = "INTERRUPTED", f"interrupted by {exc}"
             self._checkpoint_and_stop(monitor)
@@ -191,6 +194,30 @@ class LocalLauncher:
                 live.update(monitor.table(title), refresh=True)
         if not isinstance(live, Live):
             self.console.print(monitor.table(title))
+
+    def _open_logger(self) -> None:
+        """logger=tensorboard|mlflow: opened before any node starts; from then on every
+        metrics.jsonl row goes there too, and RunDir.close ends it with the run's state."""
+        exp, path = self.exp, self.rundir.path
+        server = next((s.id for s in exp.plan() if s.role.value == "server"), None)
+        config = OmegaConf.to_container(exp.cfg, resolve=True, enum_to_str=True)
+        assert isinstance(config, dict)
+        ctx = RunContext(
+            path=path, config={str(k): v for k, v in config.items()}, label=f"{path.parent.name}/{path.name}",
+            tags={"config_hash": exp.hash, "topology": str(exp.topology.name),
+                  "aggregator": str(exp.aggregator.name), "attack": str(exp.attack.name)},
+            headline=headline(exp.decentralized, server),
+            resumed_from=self.resumed_from if self.resume else None,
+            previous=(self.rundir.info.get("logger") or {}) if self.resume else {},
+        )
+        try:
+            sink = exp.logger.open(ctx)
+        except ByzctlError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"logger={exp.logger.name}: cannot open it: {type(exc).__name__}: {exc}") from exc
+        if sink is not None:
+            self.rundir.attach(sink)
 
     def _load_resume(self, monitor: Monitor) -> None:
         from byzctl.launch.checkpoints import latest_checkpoint, read_checkpoint

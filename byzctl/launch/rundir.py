@@ -1,16 +1,23 @@
 """The run directory: run.json, metrics.jsonl, summary.json, nodes/<id>.log, checkpoints/.
 
 Every JSON file is written atomically (write a temp file, then rename), and each
-metrics row is flushed as it arrives, so an interrupted run loses nothing.
+metrics row is flushed as it arrives, so an interrupted run loses nothing. With
+`logger=tensorboard|mlflow` every row also goes to the logger's sink, which `close`
+ends with the run's final state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from byzctl.jsonio import dumps, read_json, write_json
+from byzctl.loggers.base import Sink
+
+log = logging.getLogger("byzctl")
 
 __all__ = ["RunDir", "read_json", "write_json"]
 
@@ -23,6 +30,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "nodes").mkdir(exist_ok=True)
         self._metrics: TextIO | None = None
+        self.sink: Sink | None = None
         self.info: dict[str, Any] = {}
 
     @property
@@ -48,11 +56,37 @@ class RunDir:
             self._metrics = open(self.path / "metrics.jsonl", "a")
         self._metrics.write(dumps(row) + "\n")
         self._metrics.flush()
+        if self.sink is not None:
+            try:
+                self.sink.row(row)
+            except Exception as exc:
+                self._drop_sink(self.sink, exc)
+
+    def attach(self, sink: Sink) -> None:
+        """Send every row from now on to `sink` too; run.json says where it writes."""
+        self.sink = sink
+        self.update(logger=sink.record)
+
+    def _drop_sink(self, sink: Sink, exc: Exception) -> None:
+        """A failing logger is dropped with a warning (its run marked FAILED if it still
+        can be): metrics.jsonl stays the record."""
+        self.sink = None
+        log.warning("logger %s failed; metrics go on to metrics.jsonl only: %s: %s",
+                    self.info.get("logger", {}).get("name"), type(exc).__name__, exc)
+        with contextlib.suppress(Exception):
+            sink.close("FAILED")
 
     def summary(self, data: dict[str, Any]) -> None:
         write_json(self.path / "summary.json", data)
 
     def close(self) -> None:
+        """Close metrics.jsonl and the logger, which records the state `end` wrote."""
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            try:
+                sink.close(str(self.info.get("state", "FAILED")))
+            except Exception as exc:
+                log.warning("logger %s failed to close: %s: %s", self.info.get("logger", {}).get("name"), type(exc).__name__, exc)
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
