@@ -16,6 +16,11 @@ class RuleError(ByzctlError, ValueError):
     e.g. too many Byzantine inputs for n."""
 
 
+class LimitError(RuleError):
+    """The RuleError of an f too large for n (the rule's tolerance), as opposed to bad
+    parameters or inputs."""
+
+
 class WireError(ByzctlError):
     """A message on the wire is malformed, forged or out of its window."""
 
@@ -37,4 +42,4 @@ def check_f(n: int, f: int, *, need: int, rule: str, formula: str) -> None:
     if f < 0:
         raise RuleError(f"{rule}: f must be >= 0. Got f={f}")
     if n < need:
-        raise RuleError(f"{rule} needs {formula}. Got n={n}, f={f}")
+        raise LimitError(f"{rule} needs {formula}. Got n={n}, f={f}")

@@ -22,12 +22,13 @@ first, one arg-min or arg-max pass each ("shaving"). A rule can hand back column
 it cannot settle from the partial order (exact ties in meamed), which are redone
 on a full sort of those columns alone.
 
-Chunks: each (N, w) buffer holds ~2^19 values (2 MiB in fp32), so a chunk's two
+Chunks: each (N, w) buffer holds ~2^20 values (4 MiB in fp32), so a chunk's two
 buffers stay in L3 while every call is big enough that its fixed cost (~1.5 us)
 is small and torch's intra-op threads (torch.get_num_threads()) split it. On a
-2-core EPYC, idle: median 55 ms at (n=32, d=1e6) against 114 ms for L2-sized
-chunks spread over Python threads (calls kept under torch's grain so they run
-inline). The price: each call is an OpenMP barrier, and on a machine
+2-core EPYC (32 MiB L3), idle, cw_median at (n=32, d=1e6): 48 ms with 2^20-value
+buffers, 55 ms with 2^19, 60 ms with 2^18, 130 ms with 2^16, 88 ms with 2^22; 114 ms
+for L2-sized chunks spread over Python threads (calls kept under torch's grain so
+they run inline). The price: each call is an OpenMP barrier, and on a machine
 oversubscribed by other processes a barrier can wait a scheduler slice, so
 thousands of calls took seconds there (the Python-thread variant: 5-6x torch.mean
 under the same load). With torch.set_num_threads(1), the usual setting for
@@ -73,7 +74,7 @@ row blk.at(r), padding around), no NaN; write the chunk's result into out (w,). 
 return the (k,) indices of columns it cannot settle from s (ties), which `by_columns`
 then redoes with `exact` over a full sort of the column."""
 
-_CHUNK_ELEMS = 1 << 19
+_CHUNK_ELEMS = 1 << 20
 """Values in one (N, w) buffer: see the module docstring."""
 _MAX_NETWORK_ROWS = 128
 """Above this N the network's layers cost more than a full torch.sort."""
@@ -133,9 +134,9 @@ def by_columns(
     redo: list[Tensor] = []
     for j0 in range(0, d, width):
         w = min(width, d - j0)
-        net = nets.get(w) or nets.setdefault(w, _Network(big_n, w, work_dtype, stride, finish, rows=pad + n))
+        net = nets.get(w) or nets.setdefault(w, _Network(big_n, w, work_dtype, stride, finish, below=cut_lo, above=cut_hi))
         chunk = x[:, j0 : j0 + w]  # (n, w) view
-        head = net.stage[pad : pad + n]  # (n, w)
+        head = net.stage[pad : pad + n]  # (n, w): after shaving, rows [pad, pad + m) of net.a hold the rest
         if rows is None and x.dtype == work_dtype:
             torch.nan_to_num(chunk, nan=_INF, posinf=_INF, neginf=-_INF, out=head)
         else:
@@ -146,7 +147,7 @@ def by_columns(
             else:
                 head.copy_(chunk.index_select(0, rows))
             head.nan_to_num_(nan=_INF, posinf=_INF, neginf=-_INF)
-        _remove_extremes(head, cut_lo, cut_hi)  # rows [0, m) of head: the values left
+        _shave_rows(head, cut_lo, cut_hi, net.scratch)
         if pad:
             net.a[:pad].fill_(-_INF)  # sorts first
         if pad + m < big_n:
@@ -190,16 +191,45 @@ def _shave(n: int, boundaries: Iterable[int] | None, reads: tuple[int, int] | No
     return below, above
 
 
-def _remove_extremes(head: Tensor, below: int, above: int) -> None:
-    """Remove the `below` smallest and `above` largest values of every column of head
-    (n, w): each goes where it stood is taken by the column's last value, so rows
-    [0, n - below - above) end up holding the values left."""
-    last = head.shape[0]
-    for find, count in ((torch.argmin, below), (torch.argmax, above)):
-        for _ in range(count):
-            at = find(head[:last], dim=0, keepdim=True)  # (1, w)
-            head.scatter_(0, at, head[last - 1 : last].clone())
-            last -= 1
+def _shave_rows(head: Tensor, below: int, above: int, scratch: Tensor) -> None:
+    """Move the `below` smallest values of every column of head (n, w) to its first rows
+    and the `above` largest to its last rows, by compare-exchange tournaments on whole
+    row blocks (no arg-min: torch's is slow along dim 0). The first round of the
+    first pair of tournaments is shared."""
+    lo, hi = 0, head.shape[0]  # the rows still in play
+    while below or above:
+        if below and above and hi - lo >= 2:
+            k = (hi - lo) // 2  # pair [lo, lo + k) with [hi - k, hi): minima low, maxima high
+            _exchange(head[lo : lo + k], head[hi - k : hi], scratch)
+            _to_edge(head, lo + k, hi, scratch, front=False)  # the max: last row of [lo + k, hi)
+            _to_edge(head, lo, hi - k, scratch, front=True)  # the min: row lo
+            lo, hi, below, above = lo + 1, hi - 1, below - 1, above - 1
+        elif below:
+            _to_edge(head, lo, hi, scratch, front=True)
+            lo, below = lo + 1, below - 1
+        else:
+            _to_edge(head, lo, hi, scratch, front=False)
+            hi, above = hi - 1, above - 1
+
+
+def _to_edge(head: Tensor, lo: int, hi: int, scratch: Tensor, *, front: bool) -> None:
+    """Bring the minimum of rows [lo, hi) to row lo (front) or their maximum to row
+    hi - 1, per column, keeping every column's values."""
+    while hi - lo > 1:
+        k = (hi - lo) // 2
+        _exchange(head[lo : lo + k], head[hi - k : hi], scratch)
+        if front:
+            hi -= k  # minima in [lo, lo + k), the odd middle row between
+        else:
+            lo += k
+
+
+def _exchange(a: Tensor, b: Tensor, scratch: Tensor) -> None:
+    """a, b = min(a, b), max(a, b) elementwise, in place; a and b do not overlap."""
+    low = scratch[: a.shape[0]]
+    torch.minimum(a, b, out=low)
+    torch.maximum(a, b, out=b)
+    a.copy_(low)
 
 
 def _layout(n: int, big_n: int, boundaries: Iterable[int] | None, sorted_ranges: Sequence[tuple[int, int]]) -> tuple[int, int]:
@@ -276,10 +306,14 @@ class _Network:
     """
 
     def __init__(
-        self, big_n: int, w: int, dtype: torch.dtype, last: int, finish: Sequence[tuple[int, int]] = (), *, rows: int = 0
+        self, big_n: int, w: int, dtype: torch.dtype, last: int, finish: Sequence[tuple[int, int]] = (),
+        *, below: int = 0, above: int = 0,
     ) -> None:
-        self.stage = torch.empty(max(big_n, rows), w, dtype=dtype)  # values are loaded (and shaved) here
-        self.a = self.stage[:big_n]  # (N, w) the network's input
+        # Values are loaded at stage[pad : pad + n]; shaving moves `below` of them before
+        # row `below` + pad and `above` after the m kept, which then sit at a[pad : pad + m].
+        self.stage = torch.empty(below + big_n + above, w, dtype=dtype)
+        self.a = self.stage[below : below + big_n]  # (N, w) the network's input
+        self.scratch = torch.empty(max(big_n // 2, 1) + below + above, w, dtype=dtype)
         b = torch.empty(big_n, w, dtype=dtype)
         self.calls: list[tuple[Callable[..., Tensor], Tensor, Tensor, Tensor]] = []
         src, dst = self.a, b

@@ -68,11 +68,15 @@ def around_median(x: Tensor, *, keep: int, rows: Tensor | None = None) -> Tensor
         low, high = s[blk.at(lo) : blk.at(lo + fb)], s[blk.at(t_lo) : blk.at(t_hi)]  # (fb, w) each, sorted
         near = torch.sub(m, low)  # (fb, w) distances of B, T to the median
         far = torch.sub(high, m)
-        torch.sum(torch.where(near <= far, low, high), dim=0, out=out)  # the closer of each pair
+        kept = torch.minimum(near, far)  # (fb, w) distance of the closer of each pair
+        side = torch.sub(near, far).sign_()  # +1: T's is closer, -1: B's (0: a tie, redone below)
+        # sum of the closer values: m - near where B's is closer, m + far where T's is
+        torch.sum(side.mul_(kept), dim=0, out=out)
+        out.add_(m, alpha=fb)
         if core:
             out += s[blk.at(lo + fb) : blk.at(t_lo)].sum(dim=0)
         if fb:
-            cut = torch.minimum(near, far).amax(dim=0)  # (w,) farthest kept
+            cut = kept.amax(dim=0)  # (w,) farthest kept
             tie = cut == torch.maximum(near, far).amin(dim=0)  # (w,) nearest dropped is as far
         else:  # keep = 1, odd r: the median alone
             cut, tie = torch.zeros_like(m), torch.zeros_like(m, dtype=torch.bool)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from byzctl.errors import ByzctlError, ConfigError, RuleError
+from byzctl.errors import ByzctlError, ConfigError, LimitError, RuleError
 
 SHAPES = [(16, 100_000), (32, 1_000_000), (64, 250_000)]
 """(n, d) of the full run."""
@@ -85,12 +85,14 @@ def _time_case(case: Case, x: torch.Tensor, f: int, repeats: int, device: str) -
     row: dict[str, Any] = {"rule": case.label, "kind": case.kind, "n": n, "d": d, "f": f, "device": device,
                            "seconds": None, "floor_seconds": None, "ratio": None, "status": "ok", "reason": ""}
     first: RuleError | None = None
-    for f_try in range(f, 0, -1):  # the largest f the rule accepts
+    for f_try in range(f, 0, -1):  # the largest f within the rule's limits
         try:
             case.run(x, f_try)  # warm-up; compiles kernels; surfaces the rule's limits
-        except RuleError as e:
+        except LimitError as e:
             first = first or e
             continue
+        except RuleError as e:  # e.g. smea's exact search out of reach: say so, no retry
+            return {**row, "f": f_try, "status": "skipped", "reason": str(e)}
         except Exception as e:  # a bug in a rule: report it, keep timing the others
             return {**row, "status": "error", "reason": f"{type(e).__name__}: {e}"}
         if f_try < f:

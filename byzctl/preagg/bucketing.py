@@ -10,7 +10,7 @@ from torch import Tensor
 
 from byzctl.aggregators._gram import check_float, empty_rows
 from byzctl.aggregators.base import check_matrix
-from byzctl.errors import ConfigError, RuleError, check_f
+from byzctl.errors import ConfigError, LimitError, RuleError, check_f
 from byzctl.preagg.base import Preagg
 
 
@@ -59,7 +59,7 @@ def _check_limits(n: int, f: int, bucket_size: int, generator: torch.Generator |
     check_f(n, f, need=2 * f + 1, rule="bucketing", formula="n > 2f")
     m = -(-n // bucket_size)  # buckets
     if m <= 2 * f:
-        raise RuleError(
+        raise LimitError(
             f"bucketing needs ceil(n / bucket_size) > 2f buckets. "
             f"Got n={n}, bucket_size={bucket_size}, buckets={m}, f={f}"
         )

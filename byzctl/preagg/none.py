@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from byzctl.aggregators.base import check_matrix
@@ -17,6 +18,11 @@ def none(x: Tensor, *, f: int = 0) -> Tensor:
     return x.clone()
 
 
+def none_mix(g: Tensor, *, f: int = 0) -> Tensor:
+    """The identity W (n, n): none(x) == W @ x."""
+    return torch.eye(g.shape[0], dtype=torch.float64)
+
+
 @dataclass(kw_only=True)
 class Identity(Preagg):
     """Config of `preagg=none`."""
@@ -25,3 +31,5 @@ class Identity(Preagg):
     name: str = "none"
 
     fn: ClassVar = staticmethod(none)
+    mix: ClassVar = staticmethod(none_mix)
+    reads: ClassVar[str] = "none"
