@@ -7,13 +7,14 @@ and defenses for federated learning", NDSS 2021 (their AGR-agnostic attacks).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from byzctl.attacks.base import check_honest
+from byzctl.attacks.base import Attack, check_honest
 from byzctl.errors import ConfigError, RuleError
 
 
@@ -125,3 +126,18 @@ def check_config(direction: Direction | str, gamma_init: float, tol: float) -> N
             f"attack.direction must be one of {[k.value for k in Direction]}. Got direction={direction!r}"
         )
     check_gamma_search(gamma_init, tol, prefix="attack.", error=ConfigError)
+
+
+@dataclass(kw_only=True)
+class AgrAgnostic(Attack):
+    """Base config of the AGR-agnostic attacks (minmax, minsum)."""
+
+    direction: Direction = Direction.std
+    """Perturbation p: unit_vec (-mean/||mean||), std (-std) or sign (-sign(mean))."""
+    gamma_init: float = 10.0
+    """First gamma tried; the search doubles it until the distance bound breaks, then bisects."""
+    tol: float = 1e-5
+    """Relative precision of gamma at which the search stops."""
+
+    def __post_init__(self) -> None:
+        check_config(self.direction, self.gamma_init, self.tol)

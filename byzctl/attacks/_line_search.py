@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from byzctl.errors import RuleError
+from byzctl.attacks.base import Attack
+from byzctl.errors import ConfigError, RuleError
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 1/golden ratio
 
@@ -111,3 +114,23 @@ def deviation_objective(
 def repeat_line_point(base: Tensor, direction: Tensor, scale: float, f: int) -> Tensor:
     """f copies of base + scale * direction, computed exactly as the objective did: (d,) -> (f, d)."""
     return torch.add(base, direction, alpha=scale).unsqueeze(0).expand(f, -1).clone()
+
+
+@dataclass(kw_only=True)
+class LineSearch(Attack):
+    """Base config of the attacks whose scale is line-searched against this run's
+    aggregator (opt_alie: z, opt_ipm: epsilon)."""
+
+    low: float = 0.0
+    """Smallest scale searched."""
+    high: float = 10.0
+    """Largest scale searched (the search is bounded: against the plain mean it ends here)."""
+    grid: int = 11
+    """Equally spaced scales tried first, ends included."""
+    steps: int = 16
+    """Golden-section iterations refining around the best grid value (0: grid only)."""
+
+    uses_context: ClassVar[tuple[str, ...]] = ("n", "aggregate")
+
+    def __post_init__(self) -> None:
+        check_search(self.low, self.high, self.grid, self.steps, error=ConfigError)

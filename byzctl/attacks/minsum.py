@@ -8,8 +8,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from byzctl.attacks._agr_agnostic import Direction, agr_agnostic, check_config
-from byzctl.attacks.base import Attack
+from byzctl.attacks._agr_agnostic import AgrAgnostic, Direction, agr_agnostic
 
 
 def minsum(
@@ -43,19 +42,10 @@ def minsum(
 
 
 @dataclass(kw_only=True)
-class MinSum(Attack):
+class MinSum(AgrAgnostic):
     """Config of `attack=minsum`."""
 
     _target_: str = "byzctl.attacks.minsum.MinSum"
     name: str = "minsum"
-    direction: Direction = Direction.std
-    """Perturbation p: unit_vec (-mean/||mean||), std (-std) or sign (-sign(mean))."""
-    gamma_init: float = 10.0
-    """First gamma tried; the search doubles it until the distance bound breaks, then bisects."""
-    tol: float = 1e-5
-    """Relative precision of gamma at which the search stops."""
 
     fn: ClassVar = staticmethod(minsum)
-
-    def __post_init__(self) -> None:
-        check_config(self.direction, self.gamma_init, self.tol)

@@ -10,14 +10,15 @@ import torch
 from torch import Tensor
 
 from byzctl.attacks._line_search import (
+    LineSearch,
     check_search,
     deviation_objective,
     maximize,
     repeat_line_point,
 )
 from byzctl.attacks.alie import alie_z
-from byzctl.attacks.base import Attack, check_honest
-from byzctl.errors import ConfigError, RuleError
+from byzctl.attacks.base import check_honest
+from byzctl.errors import RuleError
 
 
 def opt_alie(
@@ -68,22 +69,10 @@ def opt_alie(
 
 
 @dataclass(kw_only=True)
-class OptAlie(Attack):
+class OptAlie(LineSearch):
     """Config of `attack=opt_alie`."""
 
     _target_: str = "byzctl.attacks.opt_alie.OptAlie"
     name: str = "opt_alie"
-    low: float = 0.0
-    """Smallest z searched."""
-    high: float = 10.0
-    """Largest z searched (the search is bounded: against the plain mean it ends here)."""
-    grid: int = 11
-    """Equally spaced z values tried first, ends included."""
-    steps: int = 16
-    """Golden-section iterations refining around the best grid value (0: grid only)."""
 
     fn: ClassVar = staticmethod(opt_alie)
-    uses_context: ClassVar[tuple[str, ...]] = ("n", "aggregate")
-
-    def __post_init__(self) -> None:
-        check_search(self.low, self.high, self.grid, self.steps, error=ConfigError)

@@ -10,12 +10,13 @@ import torch
 from torch import Tensor
 
 from byzctl.attacks._line_search import (
+    LineSearch,
     check_search,
     deviation_objective,
     maximize,
     repeat_line_point,
 )
-from byzctl.attacks.base import Attack, check_honest
+from byzctl.attacks.base import check_honest
 from byzctl.errors import ConfigError, RuleError
 
 IPM_DEFAULT_EPSILON = 0.1
@@ -67,24 +68,15 @@ def opt_ipm(
 
 
 @dataclass(kw_only=True)
-class OptIpm(Attack):
+class OptIpm(LineSearch):
     """Config of `attack=opt_ipm`."""
 
     _target_: str = "byzctl.attacks.opt_ipm.OptIpm"
     name: str = "opt_ipm"
-    low: float = 0.0
-    """Smallest epsilon searched (>= 0)."""
-    high: float = 10.0
-    """Largest epsilon searched (the search is bounded: against the plain mean it ends here)."""
-    grid: int = 11
-    """Equally spaced epsilon values tried first, ends included."""
-    steps: int = 16
-    """Golden-section iterations refining around the best grid value (0: grid only)."""
 
     fn: ClassVar = staticmethod(opt_ipm)
-    uses_context: ClassVar[tuple[str, ...]] = ("n", "aggregate")
 
     def __post_init__(self) -> None:
-        check_search(self.low, self.high, self.grid, self.steps, error=ConfigError)
+        super().__post_init__()
         if self.low < 0:
             raise ConfigError(f"attack.low must be >= 0 for opt_ipm. Got low={self.low}")
