@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ByzctlError as exc:
         if _debug(rest):
-            raise
+            import traceback
+
+            traceback.print_exc()
         print(f"byzctl {cmd}: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
@@ -114,19 +116,13 @@ def cmd_node(rest: list[str]) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("overrides", nargs="*", help="the same overrides as the run")
     args = p.parse_args(rest)
-    from omegaconf import OmegaConf
-
+    from byzctl.config.compose import compose, load_resolved
     from byzctl.config.experiment import Experiment
     from byzctl.errors import ConfigError
     from byzctl.node.main import run_node
 
-    if args.resolved:
-        cfg = OmegaConf.load(args.resolved)
-    else:
-        from byzctl.config.compose import compose
-
-        cfg = compose(args.overrides)
-    exp = Experiment.from_cfg(cfg)  # type: ignore[arg-type]
+    cfg = load_resolved(args.resolved, "--resolved") if args.resolved else compose(args.overrides)
+    exp = Experiment.from_cfg(cfg)
     control = args.control
     if not control:
         if exp.cluster is None:
@@ -165,10 +161,10 @@ def cmd_list(rest: list[str]) -> int:
 def cmd_bench(rest: list[str]) -> int:
     import importlib
 
-    whats = ["aggregators", "transport", "rounds"]
-    if not rest or rest[0] not in whats:
-        print(f"usage: byzctl bench {{{','.join(whats)}}} [--json] [overrides]", file=sys.stderr)
-        return 2
+    p = argparse.ArgumentParser(prog="byzctl bench", usage="byzctl bench WHAT [--json] [overrides]",
+                                description="Benchmarks, each against its floor; `byzctl bench WHAT --help` for its options.")
+    p.add_argument("what", choices=["aggregators", "transport", "rounds"], help="what to measure")
+    p.parse_args(rest[:1])  # an unknown WHAT exits 2 naming it and the choices
     module = importlib.import_module(f"byzctl.bench.{rest[0]}")
     return int(module.main(rest[1:]))
 

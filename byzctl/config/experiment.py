@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from byzctl.aggregators.base import Aggregator
-from byzctl.attacks.base import Attack
+from byzctl.attacks.base import Attack, Knowledge
 from byzctl.config.build import build
 from byzctl.config.schema import LauncherKind, Security, SecurityKind
 from byzctl.data.base import Dataset
@@ -20,11 +21,12 @@ from byzctl.loggers.base import Logger
 from byzctl.loggers.none import NoLogger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg, aggregate
-from byzctl.topology.base import NodeSpec, Topology
+from byzctl.topology.base import NodeSpec, Role, Topology
 from byzctl.topology.cluster import Cluster, Place, load_cluster
 from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
+from byzctl.transport.sockets import probe_bind
 
 HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger")
 """Keys that say how this host joins or records the run, not what the run is: not hashed."""
@@ -99,6 +101,22 @@ class Experiment:
     def place(self, node_id: int) -> Place | None:
         return self.cluster.places.get(node_id) if self.cluster else None
 
+    def local_nodes(self) -> list[int]:
+        """The nodes the launcher on this host starts: all of them, or with launcher=remote
+        the ones `local_nodes` lists, else those the cluster file places on this host."""
+        ids = [s.id for s in self.plan()]
+        if not self.remote:
+            return ids
+        chosen = self.cfg.get("local_nodes")
+        if chosen is not None:
+            unknown = sorted(set(chosen) - set(ids))
+            if unknown:
+                raise ConfigError(f"local_nodes {unknown} are not nodes of this run; ids are {ids}")
+            return sorted(chosen)
+        from byzctl.topology.cluster import is_local_host
+
+        return [i for i in ids if is_local_host(self.place(i).host)]  # type: ignore[union-attr]
+
     @property
     def remote(self) -> bool:
         return LauncherKind(self.cfg.get("launcher", "local")) is LauncherKind.remote
@@ -118,19 +136,21 @@ class Experiment:
     # -- checks --------------------------------------------------------------------
     def check(self) -> None:
         c = self.cfg
-        rules: list[tuple[str, Any, str]] = [
-            ("nodes.honest", self.honest, "must be >= 1"),
-            ("nodes.byzantine", self.byzantine, "must be >= 0"),
-            ("rounds", c.rounds, "must be >= 1"),
-            ("batch_size", c.batch_size, "must be >= 1"),
-            ("eval_every", c.eval_every, "must be >= 1"),
+        rules: list[tuple[str, Any, int]] = [
+            ("nodes.honest", self.honest, 1),
+            ("nodes.byzantine", self.byzantine, 0),
+            ("rounds", c.rounds, 1),
+            ("batch_size", c.batch_size, 1),
+            ("eval_every", c.eval_every, 1),
+            ("checkpoint_every", c.checkpoint_every, 0),
+            ("keep_checkpoints", c.keep_checkpoints, 1),
+            ("device.threads", c.device.threads, 1),
         ]
-        for key, value, need in rules:
-            low = 0 if key == "nodes.byzantine" else 1
+        for key, value, low in rules:
             if value < low:
-                raise ConfigError(f"{key} {need}. Got {key}={value}")
-        if not c.lr > 0:
-            raise ConfigError(f"lr must be > 0. Got lr={c.lr}")
+                raise ConfigError(f"{key} must be >= {low}. Got {key}={value}")
+        if not 0 < c.lr < math.inf:
+            raise ConfigError(f"lr must be > 0 and finite. Got lr={c.lr}")
         if not 0 <= c.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1). Got momentum={c.momentum}")
         if c.weight_decay < 0:
@@ -138,12 +158,26 @@ class Experiment:
         if self.remote and not c.get("cluster"):
             raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
         _ = self.cluster  # parse the cluster file and check it against the plan now
+        self.check_listeners()
         self.check_security()
         self.logger.check()  # a missing tensorboard/mlflow fails now, not after the nodes started
         if self.decentralized:
             self.check_graph()
         else:
             self.check_rule(self.n)
+
+    def check_listeners(self) -> None:
+        """No two listening sockets of a cluster file (the monitor, the server or relay,
+        mesh peers) share a host:port."""
+        if self.cluster is None:
+            return
+        listeners = [("the monitor", self.cluster.monitor)]
+        listeners += [(f"node {s.id}", self.cluster.places[s.id]) for s in self.plan() if self.topology.binds(s)]
+        seen: dict[tuple[str, int], str] = {}
+        for who, place in listeners:
+            first = seen.setdefault((place.host, place.port), who)
+            if first != who:
+                raise ConfigError(f"cluster file {str(self.cluster.path)!r}: {first} and {who} both listen on {place.host}:{place.port}")
 
     @functools.cached_property
     def keyring(self) -> Keyring | None:
@@ -189,3 +223,62 @@ class Experiment:
             self.aggregate(x, generator=torch.Generator().manual_seed(0))
         except ByzctlError as exc:
             raise ConfigError(f"{names} cannot run with nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {exc}") from None
+
+    # -- checks of this host, by the launcher ------------------------------------------
+    def check_host(self) -> None:
+        """What the launcher checks on its own host before it starts anything: the data it
+        loads (and the model's size) and the ports it listens on. Not part of `check()`,
+        which every node runs too: a node would read the data twice, a remote node with
+        dataset.ship has none, and a node would find the ports its siblings bound taken."""
+        local = self.local_nodes()
+        specs = {s.id: s for s in self.plan()}
+        if self.dataset.ship or any(specs[i].role is not Role.relay for i in local):
+            self.check_data()
+        self.check_ports(local)
+
+    def check_data(self) -> None:
+        """The dataset loads here (for a csv: every row parses), the model builds for its
+        inputs, and the largest message of the run fits in topology.max_message_mb."""
+        shape, classes = self.dataset.peek(int(self.cfg.seed))
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                params = list(self.model.build(shape, classes).parameters())
+        except ByzctlError:
+            raise
+        except Exception:  # noqa: BLE001 - a plugin's model may not build on meta: build it for real
+            params = list(self.model.build(shape, classes).parameters())
+        d = sum(p.numel() for p in params)
+        vectors, what = self._largest_message()
+        need = vectors * d * (params[0].element_size() if params else 4)
+        limit = self.topology.max_message_mb * 2**20
+        if need > limit:
+            raise ConfigError(
+                f"topology.max_message_mb={self.topology.max_message_mb} is too small for model={self.model.name}: "
+                f"{what} holds {vectors} x {d} parameters = {need / 2**20:.3f} MiB; "
+                f"set topology.max_message_mb >= {math.ceil(need / 2**20)}")
+
+    def _largest_message(self) -> tuple[int, str]:
+        """(parameter vectors, what) of the largest message a node of this run sends."""
+        if self.decentralized:
+            return 3, "a peer's checkpoint (parameters, momentum, last aggregate)"
+        if self.byzantine and self.attack.knowledge == Knowledge.omniscient and self.honest >= 2:
+            return self.honest, "the server's oracle message (every honest vector, to the Byzantine workers)"
+        return 2, "the server's checkpoint (parameters, last aggregate)"
+
+    def check_ports(self, local: list[int]) -> None:
+        """This host can listen where it must: the cluster file's monitor and the places of
+        its local listeners (ps server, hub relay, mesh peers); without a cluster file, on
+        topology.host. Only a probe (bind, then close): a port taken between this and the
+        node's own bind still fails the run after launch, naming the endpoint."""
+        if self.cluster is None:
+            why = probe_bind(self.topology.host, 0) if self.topology.transport.value == "tcp" else None
+            if why:
+                raise ConfigError(f"topology.host={self.topology.host}: the nodes cannot listen there: {why}")
+            return
+        specs = {s.id: s for s in self.plan()}
+        listeners = [("the monitor", self.cluster.monitor)]
+        listeners += [(f"node {i} ({specs[i].label})", self.cluster.places[i]) for i in local if self.topology.binds(specs[i])]
+        for who, place in listeners:
+            why = probe_bind(place.bind_host, place.port)
+            if why:
+                raise ConfigError(f"cluster file {str(self.cluster.path)!r}: {who} cannot listen on {place.bind_host}:{place.port}: {why}")

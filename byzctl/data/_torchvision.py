@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -34,11 +35,23 @@ class TorchvisionDataset(Dataset):
     """Train on a seeded random subset of this many training samples (None: all of them)."""
     test_size: int = 10000
     """Test samples evaluated: a seeded subset of the official test split (10000: all of it)."""
+    input_shape: ClassVar[tuple[int, ...]] = ()
+    num_classes: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.subset is not None and self.subset < 1:
             raise ConfigError(f"dataset.subset must be >= 1 or null. Got subset={self.subset}")
+
+    def files(self) -> tuple[Path, tuple[str, ...], str]:
+        """The folder the dataset is read from, the files expected there, and how to get them."""
+        raise NotImplementedError
+
+    def peek(self, seed: int) -> tuple[tuple[int, ...], int]:
+        # Reading every image in the launcher as well would double the start-up time: check the files only.
+        if not self.download:
+            self.require(*self.files())
+        return self.input_shape, self.num_classes
 
     @property
     def root_path(self) -> Path:
@@ -85,14 +98,19 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 """MNIST-format files (uncompressed), as torchvision keeps them in <root>/<Class>/raw/."""
 
 
+def idx_files(ds: TorchvisionDataset, folder: str) -> tuple[Path, tuple[str, ...], str]:
+    """`files()` of an MNIST-format dataset kept in <root>/<folder>/raw/."""
+    return ds.root_path / folder / "raw", IDX_FILES, "the uncompressed idx-ubyte files: gunzip the .gz originals"
+
+
 def load_idx(ds: TorchvisionDataset, tv_class: type, *, seed: int, num_classes: int,
              mean: Sequence[float], std: Sequence[float]) -> Splits:
     """Read an MNIST-format dataset with torchvision's class `tv_class` (MNIST, FashionMNIST)."""
     root = ds.root_path
-    folder = root / tv_class.__name__ / "raw"
-    if ds.download and ds.missing(folder, IDX_FILES):
+    folder, files, hint = ds.files()
+    if ds.download and ds.missing(folder, files):
         fetch(ds, lambda: tv_class(str(root), train=True, download=True))
-    ds.require(folder, IDX_FILES, "the uncompressed idx-ubyte files: gunzip the .gz originals")
+    ds.require(folder, files, hint)
     try:
         train = tv_class(str(root), train=True, download=False)
         test = tv_class(str(root), train=False, download=False)

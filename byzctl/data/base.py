@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -58,8 +59,8 @@ class Dataset:
     def __post_init__(self) -> None:
         from byzctl.errors import ConfigError
 
-        if self.alpha <= 0:
-            raise ConfigError(f"dataset.alpha must be > 0. Got alpha={self.alpha}")
+        if not 0 < self.alpha < math.inf:
+            raise ConfigError(f"dataset.alpha must be > 0 and finite. Got alpha={self.alpha}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"dataset.gamma must be in [0, 1]. Got gamma={self.gamma}")
         if self.test_size < 1:
@@ -68,6 +69,15 @@ class Dataset:
     def load(self, seed: int) -> Splits:
         """Load (or generate) the data; the split is a function of `seed` alone."""
         raise NotImplementedError
+
+    def peek(self, seed: int) -> tuple[tuple[int, ...], int]:
+        """The input shape and number of classes, failing as `load` would (DataError or
+        ConfigError naming the file or value) if the data cannot be loaded: what the
+        launcher checks before it starts any node. This default loads the data, which
+        suits small data (csv, synthetic, mnist_subset); large datasets override it
+        with a cheaper check of their files."""
+        splits = self.load(seed)
+        return splits.input_shape, splits.num_classes
 
 
 def split_test(x: Tensor, y: Tensor, *, test_size: int, seed: int, num_classes: int) -> Splits:

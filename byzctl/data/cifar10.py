@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -64,15 +64,19 @@ class Cifar10(TorchvisionDataset):
 
     _target_: str = "byzctl.data.cifar10.Cifar10"
     name: str = "cifar10"
+    input_shape: ClassVar[tuple[int, ...]] = (3, 32, 32)
+    num_classes: ClassVar[int] = 10
+
+    def files(self) -> tuple[Path, tuple[str, ...], str]:
+        return self.root_path / FOLDER, (*TRAIN_FILES, TEST_FILE), "extract cifar-10-python.tar.gz in dataset.root"
 
     def load(self, seed: int) -> Splits:
-        folder = self.root_path / FOLDER
-        files = (*TRAIN_FILES, TEST_FILE)
+        folder, files, hint = self.files()
         if self.download and self.missing(folder, files):
             from torchvision.datasets import CIFAR10
 
             fetch(self, lambda: CIFAR10(str(self.root_path), train=True, download=True))
-        self.require(folder, files, "extract cifar-10-python.tar.gz in dataset.root")
+        self.require(folder, files, hint)
         parts = [read_batch(folder / f) for f in TRAIN_FILES]
         x_test, y_test = read_batch(folder / TEST_FILE)
         x_train = np.concatenate([x for x, _ in parts])  # (N, 3, 32, 32) uint8

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
-from byzctl.data._torchvision import TorchvisionDataset, load_idx
+from byzctl.data._torchvision import TorchvisionDataset, idx_files, load_idx
 from byzctl.data.base import Splits
 
 MEAN, STD = (0.1307,), (0.3081,)
@@ -16,8 +18,13 @@ class Mnist(TorchvisionDataset):
 
     _target_: str = "byzctl.data.mnist.Mnist"
     name: str = "mnist"
+    input_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+    num_classes: ClassVar[int] = 10
+
+    def files(self) -> tuple[Path, tuple[str, ...], str]:
+        return idx_files(self, "MNIST")
 
     def load(self, seed: int) -> Splits:
         from torchvision.datasets import MNIST
 
-        return load_idx(self, MNIST, seed=seed, num_classes=10, mean=MEAN, std=STD)
+        return load_idx(self, MNIST, seed=seed, num_classes=self.num_classes, mean=MEAN, std=STD)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -39,18 +41,26 @@ def run(cfg: DictConfig) -> float | None:
         if resume:
             out, cfg = _resume_target(Path(resume))
         exp = Experiment.from_cfg(cfg)
+        done = _completed_before(out, exp.hash)
+        if done is not None and multirun and not resume:
+            log.info("job %s already completed in %s: skipped", hc.job.num, out)
+            return done.get("test_accuracy")
+        exp.check_host()
+        # LocalLauncher.run records and returns whatever ends a started run; a ByzctlError
+        # escaping it means nothing started (the monitor could not bind).
+        summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
     except ByzctlError as exc:
-        RunDir(out).end("FAILED", f"{type(exc).__name__}: {exc}")
+        # Recorded in this invocation's own directory: a refused resume leaves the run it
+        # names as it was, still resumable.
+        RunDir(hc.runtime.output_dir).end("FAILED", f"{type(exc).__name__}: {exc}")
+        debug = os.environ.get("HYDRA_FULL_ERROR") == "1"  # byzctl run --debug sets it
         if multirun:
-            log.error("job %s failed: %s", hc.job.num, exc)
+            log.error("job %s failed: %s", hc.job.num, exc, exc_info=debug)
             return None
+        if debug:
+            traceback.print_exc()
         print(f"byzctl run: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    done = _completed_before(out, exp.hash)
-    if done is not None and multirun and not resume:
-        log.info("job %s already completed in %s: skipped", hc.job.num, out)
-        return done.get("test_accuracy")
-    summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
     acc = summary.get("test_accuracy")
     state = summary["state"]
     figures = f"test accuracy {acc:.4f}, loss {summary['test_loss']:.4f}" if acc is not None else "no evaluation"
@@ -79,16 +89,13 @@ def _completed_before(out: Path, config_hash: str) -> dict | None:
 
 def _resume_target(path: Path) -> tuple[Path, DictConfig]:
     """The run directory to continue and the config it ran with."""
-    from omegaconf import OmegaConf
-
+    from byzctl.config.compose import load_resolved
     from byzctl.errors import ConfigError
 
     resolved = path / "config.yaml"
     if not resolved.is_file():
         raise ConfigError(f"resume={path}: not a byzctl run directory (no config.yaml)")
-    cfg = OmegaConf.load(resolved)
-    assert isinstance(cfg, DictConfig)
-    return path, cfg
+    return path, load_resolved(resolved, f"resume={path}")
 
 
 def hydra_entry() -> None:

@@ -78,20 +78,8 @@ class LocalLauncher:
         self.state, self.reason = "RUNNING", ""
 
     def local_nodes(self) -> list[int]:
-        """The nodes this launcher starts: all of them, or with launcher=remote the ones
-        the cluster file places on this host."""
-        ids = [s.id for s in self.exp.plan()]
-        if not self.exp.remote:
-            return ids
-        chosen = self.exp.cfg.get("local_nodes")
-        if chosen is not None:
-            unknown = sorted(set(chosen) - set(ids))
-            if unknown:
-                raise ConfigError(f"local_nodes {unknown} are not nodes of this run; ids are {ids}")
-            return sorted(chosen)
-        from byzctl.topology.cluster import is_local_host
-
-        return [i for i in ids if is_local_host(self.exp.place(i).host)]  # type: ignore[union-attr]
+        """The nodes this launcher starts (see Experiment.local_nodes)."""
+        return self.exp.local_nodes()
 
     def spawn(self, monitor: Monitor, resolved: Path) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.exp.cfg.device.threads)}
@@ -105,10 +93,12 @@ class LocalLauncher:
 
     def run(self) -> dict[str, Any]:
         exp, rundir = self.exp, self.rundir
-        old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
         cluster = exp.cluster
+        # A monitor that cannot bind raises here, before anything started or was recorded:
+        # the caller reports it like a failed check (launch/app.py).
         monitor = Monitor(exp, self.run_id, rundir, bind=cluster.monitor.bind if cluster else "tcp://127.0.0.1:*")
         self.control = cluster.monitor.advertised if cluster else monitor.endpoint
+        old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.monotonic()
         try:
             if self.resume:

@@ -50,7 +50,11 @@ class Monitor:
         self.auth = curve.start_authenticator(self.ctx, self.ring) if self.ring is not None else None
         if self.ring is not None:
             curve.secure_server(self.sock, self.ring, "monitor")
-        self.endpoint = sockets.bind(self.sock, bind)
+        try:
+            self.endpoint = sockets.bind(self.sock, bind)
+        except Exception:
+            self.close()  # the port is taken: leave no context or ZAP thread behind
+            raise
         self.routes: dict[int, bytes] = {}
         self.dropped = 0
         self.nodes = {s.id: NodeStatus(s) for s in exp.plan()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -65,6 +66,23 @@ class Topology:
     """Largest tensor payload (MiB) a node accepts in one message."""
     extra: dict[str, str] = field(default_factory=dict)
     """Reserved for plugins."""
+
+    def __post_init__(self) -> None:
+        from byzctl.errors import ConfigError
+
+        # Finite: a node turns these into deadlines, poll timeouts and byte counts.
+        for key in ("round_timeout", "join_timeout", "heartbeat_interval", "peer_timeout", "max_message_mb"):
+            value = getattr(self, key)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"topology.{key} must be > 0 and finite. Got {key}={value}")
+        if not 0 <= self.quorum_deadline < math.inf:
+            raise ConfigError(f"topology.quorum_deadline must be >= 0 and finite. Got quorum_deadline={self.quorum_deadline}")
+        if self.sndhwm < 1:
+            raise ConfigError(f"topology.sndhwm must be >= 1. Got sndhwm={self.sndhwm}")
+
+    def binds(self, spec: NodeSpec) -> bool:
+        """Whether node `spec` listens on a socket the others dial (its cluster-file port)."""
+        return spec.role in (Role.server, Role.relay)
 
     def plan(self, honest: int, byzantine: int) -> list[NodeSpec]:
         """Every process of the run, in id order."""

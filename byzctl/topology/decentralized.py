@@ -34,6 +34,9 @@ class Decentralized(Topology):
         nodes += [NodeSpec(honest + j, Role.peer, byzantine=True, byz_index=j) for j in range(byzantine)]
         return nodes
 
+    def binds(self, spec: NodeSpec) -> bool:
+        return spec.role is Role.peer  # each peer's inbox (node/links.py MeshLinks)
+
 
 @dataclass(kw_only=True)
 class Mesh(Decentralized):
@@ -61,3 +64,6 @@ class Hub(Decentralized):
 
     def plan(self, honest: int, byzantine: int) -> list[NodeSpec]:
         return super().plan(honest, byzantine) + [NodeSpec(honest + byzantine, Role.relay)]
+
+    def binds(self, spec: NodeSpec) -> bool:
+        return spec.role is Role.relay  # the peers only dial the relay

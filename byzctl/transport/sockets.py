@@ -65,6 +65,27 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def probe_bind(host: str, port: int) -> str | None:
+    """None if this machine can listen on host:port now (port 0: any port), else why not,
+    in the OS's words. Only a probe (bind, then close at once): another process may still
+    take the port before the real bind, which then fails naming the endpoint."""
+    import socket
+
+    host = "" if host == "*" else host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    family, kind, proto, _, addr = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq does: a port in TIME_WAIT is free
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def private_ipc_dir() -> str:
     """A short private directory for ipc:// socket paths (paths over 107 chars fail)."""
     base = "/tmp" if os.path.isdir("/tmp") else None
