@@ -78,6 +78,9 @@ class Peer(NodeRuntime):
             # vectors then brings its model to theirs.
             log.info("rejoining at round %d", self.rejoin_round)
             self.round = self.rejoin_round
+        if self.round >= self.exp.cfg.rounds:  # resumed from the final checkpoint: nothing left
+            self.finish()
+            return
         self._begin_round()
 
     def resumable(self) -> dict[str, Any]:

@@ -82,6 +82,9 @@ class PsServer(NodeRuntime):
 
     def start(self) -> None:
         self.started_at = time.monotonic()
+        if self.round >= self.exp.cfg.rounds:  # resumed from the final checkpoint: nothing left
+            self.finish()
+            return
         self._begin_round()
 
     def _begin_round(self) -> None:
