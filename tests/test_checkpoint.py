@@ -7,10 +7,10 @@ import signal
 import time
 
 import torch
-
-from byzctl.launch.checkpoints import latest_checkpoint, read_checkpoint, write_checkpoint
 from conftest import byzctl, read, run_dir
 from test_e2e_ps import _start
+
+from byzctl.launch.checkpoints import latest_checkpoint, read_checkpoint, write_checkpoint
 
 RUN = ["rounds=60", "checkpoint_every=20", "seed=5", "eval_every=20"]
 

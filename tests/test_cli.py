@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import byzctl
 
 from byzctl.catalog import KINDS
-from conftest import byzctl
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from importlib.resources import files
 
 import pytest
+from conftest import byzctl
 
 from byzctl.config.build import build
 from byzctl.config.experiment import Experiment
 from byzctl.config.schema import GROUPS
 from byzctl.errors import ConfigError
-from conftest import byzctl
 
 
 def conf_options(group: str) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import byzctl, read
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import ConfigError
-from conftest import byzctl, read
 
 RUN = ["nodes.honest=2", "rounds=12", "eval_every=6", "aggregator=mean", "model.hidden=[16]"]
 

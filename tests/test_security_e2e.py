@@ -6,12 +6,12 @@ import time
 
 import pytest
 import zmq
+from conftest import read
+from test_e2e_ps import _start
 
 from byzctl.transport import curve
 from byzctl.transport.keys import main as keys_main
 from byzctl.transport.wire import Message, encode
-from conftest import read
-from test_e2e_ps import _start
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import byzctl, read
 
 from byzctl.jsonio import write_json
 from byzctl.launch.app import _completed_before
-from conftest import byzctl, read
 
 
 def test_completed_job_is_recognised_only_with_the_same_config(tmp_path):

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-
 from pathlib import Path
 
 import torch

@@ -124,7 +124,7 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Message:
     if not isinstance(run, str) or not _is_int(rnd) or not _is_int(sender):
         raise WireError(f"bad header fields run={run!r} round={rnd!r} sender={sender!r}")
     if not isinstance(meta, dict) or not isinstance(specs, list) or len(specs) > MAX_TENSORS:
-        raise WireError("header 'm' must be a map and 't' a list of at most %d tensors" % MAX_TENSORS)
+        raise WireError(f"header 'm' must be a map and 't' a list of at most {MAX_TENSORS} tensors")
     if sum(_nframes(s) for s in specs) != len(frames) - 1:
         raise WireError(f"header declares {sum(_nframes(s) for s in specs)} tensor frames, got {len(frames) - 1}")
     tensors, pos, total = [], 1, 0
