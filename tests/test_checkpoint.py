@@ -51,6 +51,8 @@ def test_interrupted_then_resumed_ps_run_ends_bit_for_bit_equal(tmp_path):
     assert run["state"] == "INTERRUPTED"
     cut, _ = read_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert 20 <= cut <= 60
+    evals = [row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if row.get("test_accuracy") is not None]
+    assert read(out / "summary.json")["test_accuracy"] == evals[-1]["test_accuracy"]  # the last evaluation, not "none"
 
     proc = byzctl("run", f"resume={out}", f"hydra.run.dir={tmp_path / 'resumer'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -60,6 +62,12 @@ def test_interrupted_then_resumed_ps_run_ends_bit_for_bit_equal(tmp_path):
     assert torch.equal(got[0][1]["params"], want[0][1]["params"]), "resumed model differs from the uninterrupted one"
     rounds = [json.loads(line).get("round") for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert 60 in rounds
+
+    # resuming a run that already completed runs nothing and changes nothing
+    before = {f: (out / f).read_text() for f in ("run.json", "summary.json", "metrics.jsonl")}
+    proc = byzctl("run", f"resume={out}", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert proc.returncode == 0 and "already COMPLETED after 60 rounds; nothing to resume" in " ".join(proc.stdout.split())
+    assert before == {f: (out / f).read_text() for f in before}
 
 
 def test_resume_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):

@@ -42,7 +42,10 @@ def run(cfg: DictConfig) -> float | None:
             out, cfg = _resume_target(Path(resume))
         exp = Experiment.from_cfg(cfg)
         done = _completed_before(out, exp.hash)
-        if done is not None and multirun and not resume:
+        if done is not None and resume:  # nothing left to run: say so, change nothing
+            console.print(f"resume={resume}: the run already COMPLETED after {done.get('rounds_completed')} rounds; nothing to resume")
+            return done.get("test_accuracy")
+        if done is not None and multirun:
             log.info("job %s already completed in %s: skipped", hc.job.num, out)
             return done.get("test_accuracy")
         exp.check_host()

@@ -25,7 +25,7 @@ from rich.live import Live
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError, ConfigError, PeerError
-from byzctl.launch.monitor import Monitor
+from byzctl.launch.monitor import Monitor, NodeStatus
 from byzctl.launch.rundir import RunDir, read_json
 from byzctl.loggers import RunContext, headline
 
@@ -280,16 +280,23 @@ class LocalLauncher:
         """Final figures: the server's, or for decentralized runs the honest peers' mean
         (as test_accuracy), worst, and the last consensus distance."""
         rounds = max((s.round for s in monitor.nodes.values()), default=0)
+
+        def evaluation(s: NodeStatus) -> dict[str, Any]:  # without a final report: the last evaluation seen
+            return s.final if s.final.get("test_accuracy") is not None else s.last_eval
+
         if not self.exp.decentralized:
-            server = next((s.final for s in monitor.nodes.values() if s.spec.role.value == "server"), {})
-            return {"rounds_completed": server.get("rounds_completed", rounds), "test_accuracy": server.get("test_accuracy"),
-                    "test_loss": server.get("test_loss")}
-        honest = [s.final for s in monitor.nodes.values() if s.spec.role.value == "peer" and not s.spec.byzantine and s.final.get("test_accuracy") is not None]
+            server = next((s for s in monitor.nodes.values() if s.spec.role.value == "server"), None)
+            ev = evaluation(server) if server else {}
+            return {"rounds_completed": server.final.get("rounds_completed", rounds) if server else rounds,
+                    "test_accuracy": ev.get("test_accuracy"), "test_loss": ev.get("test_loss")}
+        peers = [s for s in monitor.nodes.values() if s.spec.role.value == "peer" and not s.spec.byzantine]
+        evals = [e for e in map(evaluation, peers) if e.get("test_accuracy") is not None]
         last = monitor.honest_rows[-1] if monitor.honest_rows else {}
-        out: dict[str, Any] = {"rounds_completed": min((h["rounds_completed"] for h in honest), default=rounds)}
-        if honest:
-            accs = [h["test_accuracy"] for h in honest]
-            losses = [h["test_loss"] for h in honest]
+        done = [s.final["rounds_completed"] for s in peers if "rounds_completed" in s.final]
+        out: dict[str, Any] = {"rounds_completed": min(done, default=rounds)}
+        if evals:
+            accs = [e["test_accuracy"] for e in evals]
+            losses = [e["test_loss"] for e in evals]
             out.update(test_accuracy=sum(accs) / len(accs), test_loss=sum(losses) / len(losses),
                        worst_accuracy=min(accs), worst_loss=max(losses))
         else:

@@ -39,6 +39,9 @@ class NodeStatus:
     joined: bool = False
     lost: bool = False
     final: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    """The node's last evaluation (round, test accuracy and loss): its figures when it
+    ends without its final report (interrupted, lost)."""
 
 
 class Monitor:
@@ -126,6 +129,8 @@ class Monitor:
         elif msg.kind == "metric":
             row = {**msg.meta, "node": msg.sender, "role": st.spec.role.value}
             acc, loss = row.get("test_accuracy"), row.get("test_loss")
+            if acc is not None:
+                st.last_eval = {"round": row.get("round"), "test_accuracy": acc, "test_loss": loss}
             st.accuracy = float(acc) if acc is not None else st.accuracy
             st.loss = float(loss) if loss is not None else st.loss
             self.rundir.metric(row)
