@@ -117,9 +117,9 @@ def by_columns(
     out = torch.empty(d, dtype=work_dtype, device=x.device)  # (d,)
     if x.device.type != "cpu" or n > _MAX_NETWORK_ROWS or d == 0:
         full = _sorted_columns(x, rows, work_dtype)  # (n, d)
-        redo = post(full, SORTED, out)
-        if redo is not None and redo.numel():
-            out[redo] = _exact(exact)(full[:, redo])
+        ties = post(full, SORTED, out)
+        if ties is not None and ties.numel():
+            out[ties] = _exact(exact)(full[:, ties])
         return out.to(x.dtype)
 
     cut_lo, cut_hi = _shave(n, boundaries, reads)

@@ -63,6 +63,10 @@ class Attack:
     poisons_data: ClassVar[bool] = False
     """True when the Byzantine node trains honestly on poisoned data (label_flip)."""
 
+    def poison(self, labels: Tensor, *, num_classes: int) -> Tensor:
+        """The labels a data-poisoning attack (`poisons_data`) trains on; others have none."""
+        raise NotImplementedError(f"attack {self.name!r} does not poison data")
+
     def params(self) -> dict[str, Any]:
         skip = {"_target_", "name", "knowledge", "per_recipient"}
         return {fl.name: getattr(self, fl.name) for fl in dataclasses.fields(self) if fl.name not in skip}

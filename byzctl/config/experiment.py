@@ -182,7 +182,10 @@ class Experiment:
     @functools.cached_property
     def keyring(self) -> Keyring | None:
         """security=curve: this host's keys (public allow-list plus its own secrets)."""
-        return Keyring(self.security.keys) if self.security.name == SecurityKind.curve else None
+        if self.security.name != SecurityKind.curve:
+            return None
+        assert self.security.keys, "Security.__post_init__ requires keys with security=curve"
+        return Keyring(self.security.keys)
 
     def check_security(self) -> None:
         """Plain TCP beyond loopback needs security=none said explicitly; CURVE needs keys

@@ -9,6 +9,7 @@ at compose time naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -165,7 +166,8 @@ def _import_package(name: str) -> None:
 
 
 def _subclasses(base: type) -> list[type]:
-    out, todo = [], list(base.__subclasses__())
+    out: list[type] = []
+    todo: list[type] = list(base.__subclasses__())
     while todo:
         cls = todo.pop()
         out.append(cls)
@@ -186,7 +188,9 @@ def options(group: str) -> dict[str, type]:
     load_plugins()
     found: dict[str, type] = {}
     for cls in _subclasses(base):
-        name = cls.__dataclass_fields__["name"].default
+        name = next((fl.default for fl in dataclasses.fields(cls) if fl.name == "name"), "")
+        if not isinstance(name, str):
+            continue
         if name:
             found[name] = cls
     return dict(sorted(found.items()))

@@ -75,7 +75,8 @@ class Monitor:
     def poll(self, timeout_ms: int) -> None:
         if not self.sock.poll(timeout_ms):
             return
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sockets.readable(self.sock):
+            ident: bytes | None
             try:
                 if self.ring is not None:  # the sender is the key's owner, checked on receive
                     ident, _, msg = curve.recv_authenticated(self.sock, max_bytes=self.max_bytes)
@@ -214,9 +215,9 @@ class Monitor:
                 meta: dict[str, Any] = {"peers": table, "run": self.run_id}
                 tensors = []
                 if node_id in self.resume:
-                    r, st = self.resume[node_id]
-                    meta["resume"] = {"round": r, "names": list(st)}
-                    tensors = list(st.values())
+                    r, state = self.resume[node_id]
+                    meta["resume"] = {"round": r, "names": list(state)}
+                    tensors = list(state.values())
                 self._send(node_id, "welcome", meta, tensors)
             self.welcomed = True
 

@@ -86,7 +86,8 @@ class HonestLearner:
         loss = F.cross_entropy(self.model(xb), yb)
         loss.backward()
         self.last_loss = float(loss.detach())
-        return torch.cat([p.grad.reshape(-1) for p in self.model.parameters()])  # (d,)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]  # unused: 0
+        return torch.cat([g.reshape(-1) for g in grads])  # (d,)
 
     def momentum_gradient(self, params: Tensor, t: int) -> Tensor:
         """m <- beta*m + (1 - beta)*g at `params` on round t's batch; returns a copy of m, (d,)."""

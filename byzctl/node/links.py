@@ -80,7 +80,7 @@ class MeshLinks(Links):
 
     def source(self, ident: bytes | None, msg: Message, sock: zmq.Socket) -> int | None:
         if msg.kind == "hello":
-            if self.node.is_from(ident, msg) and msg.sender in self.ins and msg.meta.get("hash") == self.node.exp.hash:
+            if ident is not None and self.node.is_from(ident, msg) and msg.sender in self.ins and msg.meta.get("hash") == self.node.exp.hash:
                 self.known[ident] = msg.sender
             else:
                 log.warning("refused hello from %r claiming node %s (hash %s)", ident, msg.sender, msg.meta.get("hash"))

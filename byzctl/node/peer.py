@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import zmq
@@ -26,7 +26,7 @@ from byzctl.learning import HonestLearner, evaluate, flat_params, load_flat, mak
 from byzctl.node.links import HubLinks, Links, MeshLinks
 from byzctl.node.runtime import NodeRuntime
 from byzctl.node.shards import Shard
-from byzctl.topology.decentralized import Exchange
+from byzctl.topology.decentralized import Decentralized, Exchange
 from byzctl.transport.wire import Message
 
 log = logging.getLogger("byzctl.node")
@@ -36,6 +36,12 @@ WINDOW = 4
 
 
 class Peer(NodeRuntime):
+    @property
+    def exchange(self) -> Exchange:
+        """What peers send each other: models or gradients (decentralized topologies only)."""
+        assert isinstance(self.exp.topology, Decentralized)
+        return self.exp.topology.exchange
+
     def setup(self, shard: Shard) -> None:
         exp, cfg = self.exp, self.exp.cfg
         g = self.graph = exp.neighbours()
@@ -135,7 +141,7 @@ class Peer(NodeRuntime):
     # honest ops
     def _half(self, params: Tensor) -> Tensor:
         m = self.learner.momentum_gradient(params, self.round)  # (d,)
-        if self.exp.topology.exchange == Exchange.gradient:
+        if self.exchange == Exchange.gradient:
             return m
         return params - self.lr * (m + self.wd * params)
 
@@ -158,7 +164,7 @@ class Peer(NodeRuntime):
 
     def _update(self, agg: Tensor) -> Tensor:
         self.prev_agg = agg
-        if self.exp.topology.exchange == Exchange.gradient:
+        if self.exchange == Exchange.gradient:
             self.params = self.params - self.lr * (agg + self.wd * self.params)
         else:
             self.params = agg.to(self.params.dtype)
@@ -209,7 +215,7 @@ class Peer(NodeRuntime):
 
     def _byz_update(self, _sent: None, own: Tensor) -> Tensor:
         # A Byzantine node keeps training on its own shard, so `own` stays meaningful.
-        if self.exp.topology.exchange == Exchange.gradient:
+        if self.exchange == Exchange.gradient:
             self.params = self.params - self.lr * (own + self.wd * self.params)
         else:
             self.params = own
@@ -249,7 +255,7 @@ class Peer(NodeRuntime):
                 if now - self.quorum_t >= self.topo.quorum_deadline:
                     run.close("neigh")
             elif now - self.round_t0 >= self.topo.round_timeout:
-                missing = sorted(set(spec.expected) - set(run.partial["neigh"]))
+                missing = sorted(cast("set[int]", set(spec.expected) - set(run.partial["neigh"])))  # node ids
                 log.warning("round %d: round_timeout with neighbours %s missing; going on with %d", self.round, missing, run.arrived("neigh"))
                 run.values["neigh"] = dict(run.partial["neigh"])
         run.advance()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import zmq
@@ -207,7 +207,7 @@ class PsServer(NodeRuntime):
                 if now - t >= self.topo.quorum_deadline:
                     run.close(name)
             elif now - self.round_t0 > self.topo.round_timeout:
-                missing = sorted(set(spec.expected) - set(run.partial[name]))
+                missing = sorted(cast("set[int]", set(spec.expected) - set(run.partial[name])))  # node ids
                 raise PeerError(f"round {self.round}: no quorum after round_timeout={self.topo.round_timeout}s; missing workers {missing}")
         run.advance()
         if run.error is not None:

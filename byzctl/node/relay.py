@@ -37,7 +37,7 @@ class HubRelay(NodeRuntime):
         pass
 
     def on_tick(self, now: float) -> None:
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sockets.readable(self.sock):
             frames = self.sock.recv_multipart(copy=False)
             if len(frames) < 3:
                 self.dropped += 1

@@ -32,6 +32,7 @@ class NodeRuntime:
 
     def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str):
         self.exp, self.spec, self.run_id = exp, spec, run_id
+        self.started_at = time.monotonic()  # reset by start(): training time is counted from there
         self.topo = exp.topology
         self.max_bytes = int(self.topo.max_message_mb * 2**20)
         self.ctx = zmq.Context()
@@ -276,7 +277,8 @@ class NodeRuntime:
 
     def _drain(self, sock: zmq.Socket, routed: bool) -> None:
         authenticate = self.ring is not None and sock.type == zmq.ROUTER
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sockets.readable(sock):
+            ident: bytes | None
             try:
                 if authenticate:
                     ident, _, msg = curve.recv_authenticated(sock, max_bytes=self.max_bytes)
@@ -298,7 +300,7 @@ class NodeRuntime:
                 log.warning("dropped %s from sender %s: %s", msg.kind, msg.sender, exc)
 
     def _drain_control(self) -> None:
-        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sockets.readable(self.control):
             try:
                 _, msg = sockets.recv(self.control, routed=False, max_bytes=self.max_bytes)
             except WireError as exc:

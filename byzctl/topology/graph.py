@@ -99,7 +99,7 @@ def _random_regular(n: int, k: int, seed: int) -> dict[int, set[int]]:
 
 def honest_components(graph: dict[int, set[int]], honest: int) -> list[set[int]]:
     """Connected components of the honest subgraph (edges in either direction)."""
-    adj = {i: set() for i in range(honest)}
+    adj: dict[int, set[int]] = {i: set() for i in range(honest)}
     for v, ins in graph.items():
         for u in ins:
             if u < honest and v < honest:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -63,6 +63,11 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
 
         raise PeerError(f"cannot bind {endpoint}: {exc}") from None
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """True while `sock` has a message to receive now (ZMQ_EVENTS has POLLIN)."""
+    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def probe_bind(host: str, port: int) -> str | None:

@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import torch
@@ -83,7 +83,7 @@ def encode(msg: Message) -> list[Any]:
         t = t.contiguous()
         if t.dtype not in _NAMES:
             raise WireError(f"dtype {t.dtype} cannot travel; allowed: {sorted(DTYPES)}")
-        raw = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+        raw = t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else memoryview(b"")  # zero-copy
         parts = [raw[i : i + FRAME_BYTES] for i in range(0, len(raw), FRAME_BYTES)] or [raw]
         specs.append([_NAMES[t.dtype], list(t.shape), len(parts)])
         frames.extend(parts)
@@ -140,7 +140,7 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Message:
         if got != declared:
             raise WireError(f"tensor {dtype} {shape} needs {declared} bytes, frames carry {got}")
         tensors.append(_tensor(bufs, dtype, shape))
-    return Message(kind=kind, round=rnd, sender=sender, run=run, tensors=tensors, meta=meta)
+    return Message(kind=kind, round=cast(int, rnd), sender=cast(int, sender), run=run, tensors=tensors, meta=meta)  # checked above
 
 
 def _is_int(v: Any) -> bool:
