@@ -24,7 +24,7 @@ from byzctl.dag import Dag, DagRun, Gather, Op
 from byzctl.errors import RuleError
 from byzctl.learning import HonestLearner, evaluate, flat_params, load_flat, make_model
 from byzctl.node.links import HubLinks, Links, MeshLinks
-from byzctl.node.runtime import NodeRuntime
+from byzctl.node.runtime import NodeRuntime, by_id
 from byzctl.node.shards import Shard
 from byzctl.topology.decentralized import Decentralized, Exchange
 from byzctl.transport.wire import Message
@@ -154,7 +154,7 @@ class Peer(NodeRuntime):
         return vec
 
     def _aggregate(self, own: Tensor, received: dict[int, Tensor]) -> Tensor:
-        x = torch.stack([own, *received.values()]).to(self.exp.device)  # (1 + k, d)
+        x = torch.stack([own, *by_id(received)]).to(self.exp.device)  # (1 + k, d)
         try:
             return self.exp.aggregate(x, center=self.prev_agg, generator=self.rng("aggregate", self.round))  # (d,)
         except RuleError as exc:
@@ -192,7 +192,7 @@ class Peer(NodeRuntime):
         exp = self.exp
         view = received if self._reads_view() else {}
         if view:
-            honest = torch.stack(list(view.values()))  # (h', d)
+            honest = torch.stack(by_id(view))  # (h', d)
         else:
             honest = own[None]  # (1, d): knowledge=local, or nothing seen
         ctx = self.attack_context(len(self.ins) + 1, self.round)

@@ -22,7 +22,7 @@ from byzctl.attacks.base import Knowledge
 from byzctl.dag import Dag, DagRun, Gather, Op
 from byzctl.errors import PeerError
 from byzctl.learning import HonestLearner, apply_update, evaluate, flat_params, make_model
-from byzctl.node.runtime import NodeRuntime, identity
+from byzctl.node.runtime import NodeRuntime, by_id, identity
 from byzctl.node.shards import Shard
 from byzctl.topology.base import Role
 from byzctl.transport import sockets
@@ -104,7 +104,7 @@ class PsServer(NodeRuntime):
         return self.routes.get(wid, identity(wid))
 
     def _oracle(self, honest: dict[int, Tensor]) -> Tensor:
-        view = torch.stack(list(honest.values()))  # (h, d)
+        view = torch.stack(by_id(honest))  # (h, d)
         msg = self.msg("oracle", tensors=[view])
         for wid, byz in self.workers.items():
             if byz and wid not in self.lost:
@@ -222,11 +222,11 @@ class PsServer(NodeRuntime):
 
 
 def _stack1(vectors: dict[int, Tensor]) -> Tensor:
-    return torch.stack(list(vectors.values()))  # (n, d)
+    return torch.stack(by_id(vectors))  # (n, d)
 
 
 def _stack2(honest: Tensor, byz: dict[int, Tensor]) -> Tensor:
-    return torch.cat([honest, *[v[None] for v in byz.values()]]) if byz else honest  # (n, d)
+    return torch.cat([honest, *[v[None] for v in by_id(byz)]]) if byz else honest  # (n, d)
 
 
 class PsWorker(NodeRuntime):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
+from torch import Tensor
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import HandshakeError, PeerError, WireError
@@ -25,6 +26,12 @@ from byzctl.transport import curve, sockets
 from byzctl.transport.wire import Message
 
 log = logging.getLogger("byzctl.node")
+
+
+def by_id(vectors: dict[Any, Tensor]) -> list[Tensor]:
+    """A gather's vectors in node-id order, not arrival order: float sums depend on the
+    order, and a run (or a resumed one) must not depend on which message came first."""
+    return [vectors[k] for k in sorted(vectors)]
 
 
 class NodeRuntime:
