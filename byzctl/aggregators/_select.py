@@ -18,7 +18,9 @@ are then finished on their own rows only. Rows of -inf may be put before the dat
 the merge can stop earlier. When the rule never reads the lowest or highest few
 ranks and removing up to 4 of them halves N (n = 17, 18, 33, 34, ...: bulyan's
 selection of n - 2f rows is often just above a power of two), they are removed
-first, one arg-min or arg-max pass each ("shaving"). A rule can hand back columns
+first by compare-exchange tournaments over whole row blocks ("shaving"; with
+torch.argmin along dim 0 instead, bulyan's 18-of-32-row selection at d=1e6 took
+281 ms against 38 ms). A rule can hand back columns
 it cannot settle from the partial order (exact ties in meamed), which are redone
 on a full sort of those columns alone.
 
@@ -79,7 +81,7 @@ _CHUNK_ELEMS = 1 << 20
 _MAX_NETWORK_ROWS = 128
 """Above this N the network's layers cost more than a full torch.sort."""
 _MAX_SHAVE = 4
-"""Most extremes removed one by one (an arg-min/max pass each) to halve N."""
+"""Most extremes shaved (a tournament of about n row operations each) to halve N."""
 _INF = float("inf")
 
 

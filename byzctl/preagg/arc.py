@@ -61,3 +61,4 @@ class Arc(Preagg):
     fn: ClassVar = staticmethod(arc)
     mix: ClassVar = staticmethod(arc_mix)
     reads: ClassVar[str] = "norms"
+    diagonal: ClassVar[bool] = True

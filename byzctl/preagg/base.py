@@ -46,6 +46,9 @@ class Preagg:
     validate f and params and draw randomness exactly as `fn` does."""
     reads: ClassVar[str] = "gram"
     """What `mix` reads of g: "gram" (distances), "norms" (its diagonal only) or "none"."""
+    diagonal: ClassVar[bool] = False
+    """True when `mix` only scales rows (W diagonal): the norms after it follow from the
+    norms before it."""
 
     def params(self) -> dict[str, Any]:
         skip = {"_target_", "name", "f"}
@@ -90,8 +93,9 @@ def aggregate(
     """Pre-aggregators in order, then the rule: (n, d) -> (d,).
 
     When the rule averages and every pre-aggregator is linear, the chain runs on
-    G = x @ x.T (as much of it as they read, see `_gram_for`) instead of on x: each linear pre-aggregator maps (G, W) to
-    (V G V.T, V W), and the result is mean(W) @ x, one weighted sum. Same result as
+    G = x @ x.T (as much of it as they read, see `_gram_for`) instead of on x: each
+    pre-aggregator's V maps (G, W) to (V G V.T, V W), and the result is mean(W) @ x,
+    one weighted sum. Same result as
     the plain chain up to float rounding (the sums are grouped differently); inputs
     with non-finite rows take the plain chain, where each rule's documented handling
     of them applies.
@@ -113,7 +117,7 @@ def _gram_for(preaggs: list[Preagg], x: Tensor) -> tuple[Tensor, Tensor]:
     """As much of G = x @ x.T as the chain's `mix`es read, and the mask of finite rows.
 
     Entries nobody reads are NaN: norms alone (a pass over x, not a matrix product)
-    serve while every mixer before a norm reader is diagonal (clipping, arc); a norm
+    serve while every mixer before a norm reader is diagonal (clipping, arc, none); a norm
     reader after a mixer that moves rows (nnm, bucketing) needs the whole G. A chain
     that reads nothing (bucketing) does not look at x: non-finite values then reach the
     weighted sum, as they reach the mean on the plain path.
@@ -125,7 +129,7 @@ def _gram_for(preaggs: list[Preagg], x: Tensor) -> tuple[Tensor, Tensor]:
             need = "gram"
         elif pre.reads == "norms" and need == "none":
             need = "norms"
-        moved = moved or pre.reads != "norms"  # the diagonal mixers are exactly the norm readers
+        moved = moved or not pre.diagonal
     if need == "gram":
         return gram(x)
     g = torch.full((n, n), float("nan"), dtype=torch.float64)

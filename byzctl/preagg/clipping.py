@@ -89,6 +89,7 @@ class Clipping(Preagg):
     fn: ClassVar = staticmethod(clipping)
     mix: ClassVar = staticmethod(clipping_mix)
     reads: ClassVar[str] = "norms"
+    diagonal: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_params(self.threshold, error=ConfigError)

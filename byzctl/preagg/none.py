@@ -33,3 +33,4 @@ class Identity(Preagg):
     fn: ClassVar = staticmethod(none)
     mix: ClassVar = staticmethod(none_mix)
     reads: ClassVar[str] = "none"
+    diagonal: ClassVar[bool] = True
