@@ -325,7 +325,8 @@ def test_cuda_matches_cpu(name, dtype):
 # --- the fused pipeline: linear pre-aggregators folded into the mean ---
 
 FUSED_CHAINS = [["nnm"], ["clipping"], ["arc"], ["bucketing"], ["clipping", "nnm"], ["bucketing", "nnm"],
-                ["nnm", "bucketing"], ["nnm", "clipping"], ["arc", "bucketing", "nnm"], ["bucketing", "arc"], ["none", "clipping"]]
+                ["nnm", "bucketing"], ["nnm", "clipping"], ["arc", "bucketing", "nnm"], ["bucketing", "arc"], ["none", "clipping"],
+                ["clipping", "arc"]]
 
 
 @pytest.mark.parametrize("names", FUSED_CHAINS, ids=["+".join(c) for c in FUSED_CHAINS])

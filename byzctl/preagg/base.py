@@ -107,7 +107,12 @@ def aggregate(
             with serial():
                 for pre in preaggs:
                     v = pre.mixing(g, f=pre.resolve_f(byzantine), generator=generator)  # (m', m)
-                    g, w = v @ g @ v.T, v @ w
+                    if pre.diagonal:  # scale rows and columns: entries left NaN (unread) stay apart
+                        s = v.diagonal()
+                        g = g * s[:, None] * s[None, :]
+                    else:
+                        g = v @ g @ v.T
+                    w = v @ w
             return weighted_sum(x, w.mean(dim=0), ok)  # (d,)
     x = chain(preaggs, x, byzantine=byzantine, generator=generator)
     return rule(x, f=rule.resolve_f(byzantine), center=center)
