@@ -74,13 +74,27 @@ def ref_bulyan(x: torch.Tensor, f: int) -> torch.Tensor:
 REFS = {"cw_median": ref_median, "cw_trimmed_mean": ref_trimmed_mean, "meamed": ref_meamed, "bulyan": ref_bulyan}
 
 
+@pytest.fixture(params=["numba", "torch"])
+def engine(request, monkeypatch):
+    """Runs a test on both CPU engines: the numba kernel (the default) and the torch
+    network in `_select` (what runs without numba)."""
+    from byzctl.aggregators import _numba_select
+
+    if request.param == "torch":
+        monkeypatch.setattr(_numba_select, "available", lambda: False)
+    else:
+        assert _numba_select.available(), "numba is a dependency: it must import"
+        monkeypatch.setattr(_numba_select, "MIN_COLUMNS", 1)  # the tests' narrow inputs too
+    return request.param
+
+
 # --- agreement with the references ---
 
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 9, 16, 17, 32, 33])
 @pytest.mark.parametrize("kind", ["normal", "ties"])
-def test_matches_reference(rule, n, kind):
+def test_matches_reference(rule, n, kind, engine):
     g = torch.Generator().manual_seed(n)
     if kind == "normal":
         x = torch.randn(n, 40, generator=g, dtype=torch.float64)
@@ -95,12 +109,13 @@ def test_matches_reference(rule, n, kind):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("n, d", [(32, 1_003), (23, 701), (130, 50)])
-def test_many_chunks_threads_and_large_n_match_reference(rule, n, d, monkeypatch):
+def test_many_chunks_threads_and_large_n_match_reference(rule, n, d, monkeypatch, engine):
     # Several chunks with a ragged tail, padding to a power of two, both thread counts,
     # and n past the sorting network (the torch.sort path).
-    from byzctl.aggregators import _select
+    from byzctl.aggregators import _numba_select, _select
 
     monkeypatch.setattr(_select, "_CHUNK_ELEMS", 32 * 200)  # chunks of ~200 coordinates
+    monkeypatch.setattr(_numba_select, "_MIN_SPLIT", 256)  # two threads: 512 + 491 coordinates
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(d))
     f = min(n // 4, max_f(rule, n))
     want = REFS[rule](x.double(), f).float()
@@ -117,7 +132,7 @@ def test_many_chunks_threads_and_large_n_match_reference(rule, n, d, monkeypatch
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_permutation_invariant(rule):
+def test_permutation_invariant(rule, engine):
     x = torch.randn(19, 300, generator=torch.Generator().manual_seed(1))
     perm = torch.randperm(19, generator=torch.Generator().manual_seed(2))
     f = max_f(rule, 19)
@@ -129,7 +144,7 @@ def test_permutation_invariant(rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_identical_inputs_give_that_vector(rule):
+def test_identical_inputs_give_that_vector(rule, engine):
     v = torch.randn(257, generator=torch.Generator().manual_seed(3))
     x = v.repeat(11, 1)  # (11, 257)
     torch.testing.assert_close(RULES[rule](x, f=max_f(rule, 11)), v, rtol=1e-6, atol=0)
@@ -142,7 +157,7 @@ def test_trimmed_mean_with_f0_is_the_mean():
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("bad", [1e6, -1e6, INF, -INF, float("nan"), "mixed"])
-def test_f_outlier_rows_stay_within_honest_range(rule, bad):
+def test_f_outlier_rows_stay_within_honest_range(rule, bad, engine):
     n = 15
     f = max_f(rule, n)
     g = torch.Generator().manual_seed(5)
@@ -176,7 +191,7 @@ def test_bad_shapes_and_dtypes_are_refused(rule):
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_input_is_not_modified(rule):
+def test_input_is_not_modified(rule, engine):
     x = torch.randn(11, 3_000, generator=torch.Generator().manual_seed(6))
     x[0, :50] = float("nan")
     x[1, 50:100] = -INF
@@ -187,7 +202,7 @@ def test_input_is_not_modified(rule):
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_keeps_dtype(rule, dtype):
+def test_keeps_dtype(rule, dtype, engine):
     x = torch.randn(11, 100, generator=torch.Generator().manual_seed(7)).to(dtype)
     out = RULES[rule](x, f=2)
     assert out.dtype == dtype and out.shape == (100,)
@@ -195,7 +210,7 @@ def test_keeps_dtype(rule, dtype):
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_non_contiguous_input(rule):
+def test_non_contiguous_input(rule, engine):
     x = torch.randn(300, 11, generator=torch.Generator().manual_seed(8)).T  # (11, 300) strided
     torch.testing.assert_close(RULES[rule](x, f=2), RULES[rule](x.contiguous(), f=2), rtol=0, atol=0)
 
@@ -203,7 +218,7 @@ def test_non_contiguous_input(rule):
 # --- hand-checked values ---
 
 
-def test_hand_checked_values():
+def test_hand_checked_values(engine):
     col = lambda *v: torch.tensor(v, dtype=torch.float64)[:, None]  # noqa: E731  (n, 1)
     x = col(1, 2, 3, 100)
     assert cw_median(x, f=1).item() == 2.5  # mean of the middle two
@@ -218,9 +233,12 @@ def test_hand_checked_values():
     two = torch.tensor([[0.0, 10.0], [1.0, 20.0], [2.0, 30.0], [50.0, -40.0], [3.0, 40.0]])
     torch.testing.assert_close(cw_median(two, f=2), torch.tensor([2.0, 20.0]))
     torch.testing.assert_close(cw_trimmed_mean(two, f=1), torch.tensor([2.0, 20.0]))
+    from byzctl.aggregators import _numba_select
+
+    assert (_numba_select.available() and not _numba_select._broken) == (engine == "numba")  # the engine under test ran
 
 
-def test_bulyan_discards_the_attacker_and_averages_the_rest():
+def test_bulyan_discards_the_attacker_and_averages_the_rest(engine):
     honest = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5], [0.5, 0.6]])
     x = torch.cat([honest, torch.tensor([[100.0, -100.0]])])  # n = 7, f = 1
     out = bulyan(x, f=1)
@@ -294,7 +312,7 @@ def test_triton_kernel_itself_matches_cpu(n):
 def test_cuda_torch_sort_path_matches_cpu(rule, monkeypatch):
     from byzctl.aggregators import _select
 
-    monkeypatch.setattr(_select, "triton_columns", lambda *a, **k: None)
+    monkeypatch.setattr(_select, "kernel_columns", lambda *a, **k: None)
     x = torch.randn(19, 3_000, generator=torch.Generator().manual_seed(11))
     x[:2, :50] = float("nan")
     f = min(4, max_f(rule, 19))
@@ -337,11 +355,17 @@ def test_triton_kernel_in_interpreter_matches_cpu():
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "non-finite"])
-def test_every_n_and_keep_matches_the_reference(kind):
-    """The sorting network's padding, early stop and finished ranges for every (n, f):
-    meamed's engine at every keep (bulyan's keep < n / 2 included), and trimmed mean."""
-    from byzctl.aggregators.meamed import around_median
+def test_every_n_and_keep_matches_the_reference(kind, engine):
+    """Both engines for every (n, f): the torch network's padding, early stop and
+    finished ranges, the numba kernel's pruned network; meamed's engine at every keep
+    (bulyan's keep < n / 2 included), and trimmed mean."""
+    from byzctl.aggregators import _numba_select
+    from byzctl.aggregators.meamed import around_median as network
 
+    def kernel(x: torch.Tensor, *, keep: int) -> torch.Tensor:
+        return _numba_select.columns(x, rule="meamed", f=x.shape[0] - keep)
+
+    around_median = kernel if engine == "numba" else network
     for n in range(1, 41):
         g = torch.Generator().manual_seed(1000 + n)
         if kind == "normal":
@@ -375,7 +399,7 @@ def test_ties_on_the_full_sort_path_are_redone_exactly():
 
 def test_a_kernel_that_computes_wrong_values_is_disabled(monkeypatch):
     """The Triton kernel must pass a self-check against the CPU rules before use: a wrong
-    one raises there, and `triton_columns` turns that into a warning and torch.sort."""
+    one raises there, and `kernel_columns` turns that into a warning and torch.sort."""
     from byzctl.aggregators import _select, _triton_select
 
     def kernel(x, *, rule, f, rows=None, wrong=True):
@@ -395,7 +419,91 @@ def test_a_kernel_that_computes_wrong_values_is_disabled(monkeypatch):
     monkeypatch.setattr(_triton_select, "columns", off_by_one)
     monkeypatch.setattr(_triton_select, "_broken", None)
     monkeypatch.setattr(_triton_select, "available", lambda: _triton_select._broken is None)
-    fake_cuda = SimpleNamespace(shape=(5, 3), is_cuda=True, device=torch.device("cpu"))  # what triton_columns reads
+    fake_cuda = SimpleNamespace(shape=(5, 3), is_cuda=True, device=torch.device("cpu"))  # what kernel_columns reads
     with pytest.warns(RuntimeWarning, match="self-check failed"):
-        assert _select.triton_columns(fake_cuda, rule="meamed", f=1) is None
+        assert _select.kernel_columns(fake_cuda, rule="meamed", f=1) is None
     assert _triton_select._broken and not _triton_select.available()
+
+
+# --- the numba kernel's own pieces ---
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_batcher_network_sorts_every_zero_one_input(n):
+    """The 0-1 principle: a comparator network that sorts every 0/1 input sorts every input."""
+    from byzctl.aggregators._numba_select import _batcher
+
+    pairs = _batcher(n)
+    for bits in range(1 << n):
+        v = [(bits >> i) & 1 for i in range(n)]
+        for a, b in pairs:
+            if v[a] > v[b]:
+                v[a], v[b] = v[b], v[a]
+        assert v == sorted(v), f"n={n}: input {bits:b}"
+
+
+def test_pruned_plans_drop_comparators_and_keep_every_read():
+    from byzctl.aggregators._numba_select import _batcher, plan
+
+    full = len(_batcher(32))
+    sizes = {rule: len(plan(32, rule, 8)[0]) for rule in ("median", "trimmed_mean", "meamed")}
+    assert all(size < full for size in sizes.values()), (sizes, full)
+    comps, final = plan(32, "meamed", 8)
+    assert sorted(set((final % 32).tolist())) == list(range(32))  # every rank in one of its row's slots
+
+
+def test_kernel_splits_columns_over_threads(monkeypatch):
+    from byzctl.aggregators import _numba_select
+
+    monkeypatch.setattr(_numba_select, "_MIN_SPLIT", _numba_select._WIDTH)
+    x = torch.randn(17, 5_000, generator=torch.Generator().manual_seed(11))
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            outs.append(_numba_select.columns(x, rule="meamed", f=4))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    torch.testing.assert_close(outs[0], ref_meamed(x.double(), 4).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_numba_kernel_is_disabled_and_the_rules_fall_back(monkeypatch):
+    from byzctl.aggregators import _numba_select
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such CPU")
+
+    monkeypatch.setattr(_numba_select, "columns", broken)
+    monkeypatch.setattr(_numba_select, "_broken", None)
+    monkeypatch.setattr(_numba_select, "MIN_COLUMNS", 1)
+    x = torch.randn(9, 100, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="numba kernel disabled.*no such CPU"):
+        out = meamed(x, f=2)
+    torch.testing.assert_close(out, ref_meamed(x, 2), rtol=1e-12, atol=1e-12)
+    assert not _numba_select.available()
+    torch.testing.assert_close(cw_median(x, f=2), ref_median(x, 2), rtol=1e-12, atol=1e-12)  # no second warning
+
+
+def test_narrow_inputs_skip_numba_and_warm_builds_the_kernel(tmp_path):
+    """A config check (rules on (n, 8) inputs) never imports numba; the launcher's
+    `Experiment.warm` does, for a rule with a compiled kernel only, and the rule then
+    runs on it."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from byzctl.config.compose import compose
+        from byzctl.config.experiment import Experiment
+        for rule in ("mean", "meamed"):
+            exp = Experiment.from_cfg(compose([f"aggregator={rule}"]))
+            assert "numba" not in sys.modules, rule
+            exp.warm()
+            assert ("numba" in sys.modules) == (rule == "meamed"), rule
+        from byzctl.aggregators import _numba_select
+        assert _numba_select.available() and not _numba_select._broken
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

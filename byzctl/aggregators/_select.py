@@ -37,7 +37,12 @@ under the same load). With torch.set_num_threads(1), the usual setting for
 nodes sharing a host, there are no barriers.
 
 Other devices (and n > 128): the same `post` runs on `torch.sort(x, dim=0)` of x
-with NaN read as +inf. CUDA rules try `_triton_select` before this.
+with NaN read as +inf.
+
+The rules try a compiled kernel first (`kernel_columns`): Triton on CUDA, numba on
+CPU (`_numba_select`, 3-4x torch.mean where this network takes 6-13x). This module's
+network is what runs when numba is missing or was disabled, and for rules and dtypes
+the kernels do not cover.
 """
 
 from __future__ import annotations
@@ -375,14 +380,32 @@ def check_float(x: Tensor, rule: str) -> None:
         raise RuleError(f"{rule} expects a floating-point tensor. Got dtype={x.dtype}")
 
 
-def triton_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor | None:
-    """`rule` over x's columns by the Triton kernel (`_triton_select.columns`), or None
-    where it does not apply: a CPU tensor, Triton missing, more than 64 rows (`rows`
-    when the rule reads a subset), or a kernel that failed to compile or its
-    self-check here (warned once; the rule then uses torch.sort)."""
+def kernel_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor | None:
+    """`rule` over x's columns by a compiled kernel, or None where none applies (the
+    caller then uses `by_columns`): on CUDA the Triton kernel (`_triton_select`, up to
+    64 rows), on CPU the numba kernel (`_numba_select`, up to `_MAX_NETWORK_ROWS`
+    rows, `rows` counting when the rule reads a subset, and at least `MIN_COLUMNS`
+    coordinates: a process that only ever aggregates a few, such as a config check,
+    never imports numba). A kernel that fails to compile, or (Triton) its self-check
+    here, is disabled with one warning."""
     n = x.shape[0] if rows is None else rows.numel()
-    if not x.is_cuda or not 1 <= n <= 64:
+    if x.is_cuda:
+        return _triton_columns(x, rule=rule, f=f, rows=rows) if 1 <= n <= 64 else None
+    from byzctl.aggregators import _numba_select
+
+    if x.device.type != "cpu" or not 1 <= n <= _MAX_NETWORK_ROWS or x.shape[1] < _numba_select.MIN_COLUMNS:
         return None
+
+    if not _numba_select.available():
+        return None
+    try:
+        return _numba_select.columns(x, rule=rule, f=f, rows=rows)
+    except Exception as e:  # e.g. a numba TypingError on a numba/numpy pair it does not support
+        _numba_select.disable(e)
+        return None
+
+
+def _triton_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None) -> Tensor | None:
     from byzctl.aggregators import _triton_select
 
     if not _triton_select.available():

@@ -14,7 +14,7 @@ Triton is imported on first use only, so CPU-only installs never need it. The
 kernel body below is plain Python until `_kernel()` compiles it; its annotations
 stay strings (`from __future__ import annotations`) until Triton reads them.
 Check it without a GPU with TRITON_INTERPRET=1 on CPU tensors (tests do, marked slow).
-If it fails to compile on some Triton/GPU, `_select.triton_columns` warns once and
+If it fails to compile on some Triton/GPU, `_select.kernel_columns` warns once and
 the rules use torch.sort; the gpu tests call it directly so such a failure shows.
 Before its first use on a device the kernel must also pass `self_check`: a few
 small inputs full of ties and non-finite values, every rule, compared with the CPU

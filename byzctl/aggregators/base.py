@@ -30,6 +30,9 @@ class Aggregator:
     """The pure rule function this config applies."""
     stateful: ClassVar[bool] = False
     """True when the rule takes the previous aggregate explicitly as `center=`."""
+    compiled: ClassVar[bool] = False
+    """True when the rule runs a compiled CPU kernel (numba) that the launcher builds
+    once before the nodes start (`Experiment.warm`)."""
     averages: ClassVar[bool] = False
     """True when the rule is the plain mean of its inputs, so linear pre-aggregators
     before it fold into one weighted sum (`byzctl.preagg.base.aggregate`)."""

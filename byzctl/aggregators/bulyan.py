@@ -36,8 +36,8 @@ def bulyan(x: Tensor, *, f: int = 0) -> Tensor:
         return torch.mean(x, dim=0)  # (d,) every vector is picked and every value kept
     theta = n - 2 * f
     rows = _krum_picks(x, f=f, count=theta)  # (theta,) on x.device
-    if (out := _select.triton_columns(x, rule="meamed", f=2 * f, rows=rows)) is not None:
-        return out  # (d,) CUDA
+    if (out := _select.kernel_columns(x, rule="meamed", f=2 * f, rows=rows)) is not None:
+        return out  # (d,) compiled kernel
     return around_median(x, keep=theta - 2 * f, rows=rows)  # (d,)
 
 
@@ -75,3 +75,4 @@ class Bulyan(Aggregator):
     name: str = "bulyan"
 
     fn: ClassVar = staticmethod(bulyan)
+    compiled: ClassVar[bool] = True

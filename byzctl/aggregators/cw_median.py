@@ -18,7 +18,7 @@ def cw_median(x: Tensor, *, f: int = 0) -> Tensor:
 
     NaN counts as +inf, so up to f non-finite rows per coordinate leave the result
     finite; beyond that the result there may be +-inf or NaN. Keeps x's dtype and
-    device (CPU: chunked selection network; CUDA: a Triton kernel for n <= 64).
+    device (CPU: a numba kernel; CUDA: a Triton kernel for n <= 64; see `_select`).
 
     Raises:
         RuleError: unless n > 2f, or if x is not a floating-point (n, d) tensor.
@@ -26,8 +26,8 @@ def cw_median(x: Tensor, *, f: int = 0) -> Tensor:
     n, _ = check_matrix(x, "cw_median")
     check_f(n, f, need=2 * f + 1, rule="cw_median", formula="n > 2f")
     _select.check_float(x, "cw_median")
-    if (out := _select.triton_columns(x, rule="median", f=f)) is not None:
-        return out  # (d,) CUDA
+    if (out := _select.kernel_columns(x, rule="median", f=f)) is not None:
+        return out  # (d,) compiled kernel
 
     def post(s: Tensor, blk: _select.Blocks, out: Tensor) -> None:
         out.copy_(_select.median_of(s, n, blk))
@@ -43,3 +43,4 @@ class CwMedian(Aggregator):
     name: str = "cw_median"
 
     fn: ClassVar = staticmethod(cw_median)
+    compiled: ClassVar[bool] = True

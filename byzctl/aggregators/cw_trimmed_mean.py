@@ -19,7 +19,7 @@ def cw_trimmed_mean(x: Tensor, *, f: int = 0) -> Tensor:
 
     NaN counts as +inf, so up to f non-finite rows per coordinate are trimmed and the
     result stays finite; f = 0 is the plain mean (NaN in, NaN out). Keeps x's dtype
-    and device (CPU: chunked selection network; CUDA: a Triton kernel for n <= 64).
+    and device (CPU: a numba kernel; CUDA: a Triton kernel for n <= 64; see `_select`).
 
     Raises:
         RuleError: unless n > 2f, or if x is not a floating-point (n, d) tensor.
@@ -29,8 +29,8 @@ def cw_trimmed_mean(x: Tensor, *, f: int = 0) -> Tensor:
     _select.check_float(x, "cw_trimmed_mean")
     if f == 0:
         return torch.mean(x, dim=0)  # (d,)
-    if (out := _select.triton_columns(x, rule="trimmed_mean", f=f)) is not None:
-        return out  # (d,) CUDA
+    if (out := _select.kernel_columns(x, rule="trimmed_mean", f=f)) is not None:
+        return out  # (d,) compiled kernel
 
     def post(s: Tensor, blk: _select.Blocks, out: Tensor) -> None:
         torch.sum(s[blk.at(f) : blk.at(n - f)], dim=0, out=out)  # ranks [f, n - f) as a set
@@ -47,3 +47,4 @@ class CwTrimmedMean(Aggregator):
     name: str = "cw_trimmed_mean"
 
     fn: ClassVar = staticmethod(cw_trimmed_mean)
+    compiled: ClassVar[bool] = True

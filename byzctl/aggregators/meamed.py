@@ -21,7 +21,7 @@ def meamed(x: Tensor, *, f: int = 0) -> Tensor:
     equally, which keeps the rule permutation invariant (see `mean_around_median`).
     NaN counts as +inf, so up to f non-finite rows per coordinate are dropped and the
     result stays finite (beyond f it is unspecified); f = 0 is the plain mean. Keeps
-    x's dtype and device (CPU: chunked sorting network; CUDA: a Triton kernel, n <= 64).
+    x's dtype and device (CPU: a numba kernel; CUDA: a Triton kernel, n <= 64; see `_select`).
 
     Raises:
         RuleError: unless n > 2f, or if x is not a floating-point (n, d) tensor.
@@ -31,8 +31,8 @@ def meamed(x: Tensor, *, f: int = 0) -> Tensor:
     _select.check_float(x, "meamed")
     if f == 0:
         return torch.mean(x, dim=0)  # (d,) all n values are kept
-    if (out := _select.triton_columns(x, rule="meamed", f=f)) is not None:
-        return out  # (d,) CUDA
+    if (out := _select.kernel_columns(x, rule="meamed", f=f)) is not None:
+        return out  # (d,) compiled kernel
     return around_median(x, keep=n - f)  # (d,)
 
 
@@ -150,3 +150,4 @@ class Meamed(Aggregator):
     name: str = "meamed"
 
     fn: ClassVar = staticmethod(meamed)
+    compiled: ClassVar[bool] = True

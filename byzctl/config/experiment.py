@@ -227,6 +227,18 @@ class Experiment:
         except ByzctlError as exc:
             raise ConfigError(f"{names} cannot run with nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {exc}") from None
 
+    def warm(self) -> None:
+        """Build the run's compiled CPU kernel, if its rule has one (`Aggregator.compiled`),
+        by running the rule once on fp32 vectors wide enough to reach it: numba caches
+        it on disk, so the nodes load it (about 1 s) instead of each compiling it (about
+        2 s per process, all at once) inside their first round. Run by the launcher."""
+        if not type(self.aggregator).compiled:
+            return
+        from byzctl.aggregators._numba_select import MIN_COLUMNS
+
+        x = torch.randn(self.n, MIN_COLUMNS, generator=torch.Generator().manual_seed(0))  # (n, MIN_COLUMNS) fp32
+        self.aggregate(x, generator=torch.Generator().manual_seed(0))
+
     # -- checks of this host, by the launcher ------------------------------------------
     def check_host(self) -> None:
         """What the launcher checks on its own host before it starts anything: the data it

@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> float | None:
             log.info("job %s already completed in %s: skipped", hc.job.num, out)
             return done.get("test_accuracy")
         exp.check_host()
+        exp.warm()
         # LocalLauncher.run records and returns whatever ends a started run; a ByzctlError
         # escaping it means nothing started (the monitor could not bind).
         summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
