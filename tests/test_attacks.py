@@ -222,6 +222,13 @@ def test_alie_is_mean_minus_z_std_per_coordinate():
     np.testing.assert_allclose(attacks.alie(honest, f=1, z=2.0)[0].numpy(), x.mean(0) - 2.0 * x.std(0, ddof=1))
 
 
+@pytest.mark.parametrize("z", [float("nan"), float("inf"), -float("inf")])
+def test_alie_config_refuses_a_non_finite_z(z):
+    with pytest.raises(ConfigError, match=f"z={z}"):
+        Alie(z=z)
+    assert Alie(z=-1.5).z == -1.5 and Alie().z is None
+
+
 # -- ipm -----------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from byzctl.attacks.base import Attack, check_honest
-from byzctl.errors import RuleError
+from byzctl.errors import ConfigError, RuleError
 
 
 def alie_z(n: int, f: int) -> float:
@@ -74,3 +74,7 @@ class Alie(Attack):
 
     fn: ClassVar = staticmethod(alie)
     uses_context: ClassVar[tuple[str, ...]] = ("n",)
+
+    def __post_init__(self) -> None:
+        if self.z is not None and not math.isfinite(self.z):
+            raise ConfigError(f"attack.z must be finite (or null for the paper's z). Got z={self.z}")
