@@ -11,6 +11,8 @@ with f = n // 4; a pre-aggregator is timed followed by the mean ("nnm+mean"), th
 Each timing is the median of `repeats` runs after one warm-up, alternating with
 torch.mean(x, dim=0) on the same tensor, whose median is the floor; the ratio is
 seconds / floor_seconds. A rule that accepts no f >= 1 at a shape is reported as skipped.
+One more call measures memory: what the rule adds at its peak (`peak_extra_mb`) and
+that as a multiple of the input's size (`memory_ratio`); see `_peak_extra`.
 Output: a rich table, or with --json one JSON object per line.
 """
 
@@ -83,7 +85,8 @@ def main(argv: list[str]) -> int:
 def _time_case(case: Case, x: torch.Tensor, f: int, repeats: int, device: str) -> dict[str, Any]:
     n, d = x.shape
     row: dict[str, Any] = {"rule": case.label, "kind": case.kind, "n": n, "d": d, "f": f, "device": device,
-                           "seconds": None, "floor_seconds": None, "ratio": None, "status": "ok", "reason": ""}
+                           "seconds": None, "floor_seconds": None, "ratio": None,
+                           "peak_extra_mb": None, "memory_ratio": None, "status": "ok", "reason": ""}
     first: RuleError | None = None
     for f_try in range(f, 0, -1):  # the largest f within the rule's limits
         try:
@@ -108,7 +111,45 @@ def _time_case(case: Case, x: torch.Tensor, f: int, repeats: int, device: str) -
     row["seconds"] = statistics.median(secs)
     row["floor_seconds"] = statistics.median(floor)
     row["ratio"] = row["seconds"] / row["floor_seconds"]
+    extra = _peak_extra(lambda: case.run(x, f), device)
+    if extra is not None:
+        row["peak_extra_mb"] = extra / 2**20
+        row["memory_ratio"] = extra / (x.numel() * x.element_size())
     return row
+
+
+def _peak_extra(fn: Callable[[], object], device: str) -> int | None:
+    """Bytes that fn adds at its peak, above what was in use before it. CUDA: torch's
+    peak allocation. CPU (Linux): the process's peak resident size (VmHWM, reset through
+    /proc/self/clear_refs) above its resident size before, after handing freed heap
+    memory back to the OS (malloc_trim), so a block the allocator kept from an earlier
+    call is not reused unseen. None where neither is available."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return max(torch.cuda.max_memory_allocated() - before, 0)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current resident size
+        before = _status_bytes("VmRSS")
+        fn()
+        return max(_status_bytes("VmHWM") - before, 0)
+    except OSError:  # not Linux, or /proc not writable
+        return None
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise OSError(f"/proc/self/status has no {key}")
 
 
 def _timed(fn: Callable[[], object], device: str) -> float:
@@ -188,7 +229,7 @@ class _Table:
         from rich.table import Table
 
         self.table = Table(title=f"aggregators vs torch.mean ({device}, {torch.get_num_threads()} threads)")
-        for col in ("rule", "n", "d", "f", "ms", "floor ms", "ratio", "note"):
+        for col in ("rule", "n", "d", "f", "ms", "floor ms", "ratio", "mem x", "note"):
             self.table.add_column(col, justify="left" if col in ("rule", "note") else "right")
 
     def add(self, r: dict[str, Any]) -> None:
@@ -196,7 +237,8 @@ class _Table:
         self.table.add_row(
             r["rule"], str(r["n"]), f"{r['d']:,}", str(r["f"]),
             f"{r['seconds'] * 1e3:.2f}" if ok else "-", f"{r['floor_seconds'] * 1e3:.2f}" if ok else "-",
-            f"{r['ratio']:.1f}" if ok else "-", r["reason"] if ok else f"{r['status']}: {r['reason']}",
+            f"{r['ratio']:.1f}" if ok else "-", f"{r['memory_ratio']:.2f}" if r["memory_ratio"] is not None else "-",
+            r["reason"] if ok else f"{r['status']}: {r['reason']}",
         )
 
     def print(self) -> None:
