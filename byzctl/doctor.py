@@ -180,6 +180,40 @@ def check_loggers() -> tuple[Status, str]:
     return "ok", f"{text} (optional; metrics.jsonl is always written)"
 
 
+def check_kernels() -> tuple[Status, str]:
+    """The compiled kernels of the coordinate-wise rules, each run once here against the
+    torch network they replace: numba on the CPU, Triton's self-check on a GPU."""
+    import torch
+
+    from byzctl.aggregators import _numba_select, _triton_select
+    from byzctl.aggregators.meamed import around_median
+
+    status: Status = "ok"
+    x = torch.randn(9, _numba_select.MIN_COLUMNS, generator=torch.Generator().manual_seed(0))  # (9, d)
+    if not _numba_select.switch.available():
+        status, parts = "warn", [f"numba kernel unavailable ({_numba_select.switch.broken or 'numba does not import'}): "
+                                 "CPU coordinate-wise rules use the torch network, 2-3x slower"]
+    else:
+        t0 = time.perf_counter()
+        got = _numba_select.columns(x, rule="meamed", f=2)  # compiles, or loads numba's disk cache
+        seconds = time.perf_counter() - t0
+        if not torch.allclose(got, around_median(x, keep=7), rtol=1e-5, atol=1e-6):
+            return "fail", "numba kernel disagrees with the torch network on meamed"
+        parts = [f"numba kernel ok (first call {seconds:.1f}s)"]
+    if torch.cuda.is_available():
+        if not _triton_select.switch.available():
+            status = "warn"
+            parts.append("Triton unavailable: CUDA coordinate-wise rules use torch.sort")
+        else:
+            try:
+                _triton_select.self_check(torch.device("cuda"))
+                parts.append("Triton kernel passed its self-check on cuda")
+            except Exception as e:  # a compile error or a wrong kernel: the rules would fall back
+                status = "warn"
+                parts.append(f"Triton kernel failed ({type(e).__name__}: {str(e)[:200]}): CUDA rules use torch.sort")
+    return status, "; ".join(parts)
+
+
 CHECKS: list[tuple[str, Callable[[], tuple[Status, str]]]] = [
     ("python", check_python),
     ("torch", check_torch),
@@ -193,6 +227,7 @@ CHECKS: list[tuple[str, Callable[[], tuple[Status, str]]]] = [
     ("hydra", check_hydra),
     ("report/vision", check_plotting_and_vision),
     ("loggers", check_loggers),
+    ("kernels", check_kernels),
 ]
 
 

@@ -81,9 +81,9 @@ def engine(request, monkeypatch):
     from byzctl.aggregators import _numba_select
 
     if request.param == "torch":
-        monkeypatch.setattr(_numba_select, "available", lambda: False)
+        monkeypatch.setattr(_numba_select.switch, "available", lambda: False)
     else:
-        assert _numba_select.available(), "numba is a dependency: it must import"
+        assert _numba_select.switch.available(), "numba is a dependency: it must import"
         monkeypatch.setattr(_numba_select, "MIN_COLUMNS", 1)  # the tests' narrow inputs too
     return request.param
 
@@ -235,7 +235,7 @@ def test_hand_checked_values(engine):
     torch.testing.assert_close(cw_trimmed_mean(two, f=1), torch.tensor([2.0, 20.0]))
     from byzctl.aggregators import _numba_select
 
-    assert (_numba_select.available() and not _numba_select._broken) == (engine == "numba")  # the engine under test ran
+    assert _numba_select.switch.available() == (engine == "numba")  # the engine under test ran
 
 
 def test_bulyan_discards_the_attacker_and_averages_the_rest(engine):
@@ -417,12 +417,12 @@ def test_a_kernel_that_computes_wrong_values_is_disabled(monkeypatch):
 
     monkeypatch.setattr(_triton_select, "_checked", set())
     monkeypatch.setattr(_triton_select, "columns", off_by_one)
-    monkeypatch.setattr(_triton_select, "_broken", None)
-    monkeypatch.setattr(_triton_select, "available", lambda: _triton_select._broken is None)
+    monkeypatch.setattr(_triton_select.switch, "broken", None)
+    monkeypatch.setattr(_triton_select.switch, "available", lambda: _triton_select.switch.broken is None)
     fake_cuda = SimpleNamespace(shape=(5, 3), is_cuda=True, device=torch.device("cpu"))  # what kernel_columns reads
     with pytest.warns(RuntimeWarning, match="self-check failed"):
         assert _select.kernel_columns(fake_cuda, rule="meamed", f=1) is None
-    assert _triton_select._broken and not _triton_select.available()
+    assert _triton_select.switch.broken and not _triton_select.switch.available()
 
 
 # --- the numba kernel's own pieces ---
@@ -476,13 +476,13 @@ def test_a_failing_numba_kernel_is_disabled_and_the_rules_fall_back(monkeypatch)
         raise RuntimeError("no such CPU")
 
     monkeypatch.setattr(_numba_select, "columns", broken)
-    monkeypatch.setattr(_numba_select, "_broken", None)
+    monkeypatch.setattr(_numba_select.switch, "broken", None)
     monkeypatch.setattr(_numba_select, "MIN_COLUMNS", 1)
     x = torch.randn(9, 100, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="numba kernel disabled.*no such CPU"):
         out = meamed(x, f=2)
     torch.testing.assert_close(out, ref_meamed(x, 2), rtol=1e-12, atol=1e-12)
-    assert not _numba_select.available()
+    assert not _numba_select.switch.available()
     torch.testing.assert_close(cw_median(x, f=2), ref_median(x, 2), rtol=1e-12, atol=1e-12)  # no second warning
 
 
@@ -501,7 +501,7 @@ def test_narrow_inputs_skip_numba_and_warm_builds_the_kernel(tmp_path):
             exp.warm()
             assert ("numba" in sys.modules) == (rule == "meamed"), rule
         from byzctl.aggregators import _numba_select
-        assert _numba_select.available() and not _numba_select._broken
+        assert _numba_select.switch.available()
         print("ok")
         """
     )

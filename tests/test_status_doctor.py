@@ -118,3 +118,13 @@ def test_doctor_outputs_check_fails_when_outputs_is_not_a_directory(tmp_path, mo
     (tmp_path / "outputs").unlink()
     (tmp_path / "outputs").mkdir()
     assert doctor.check_outputs()[0] == "ok"
+
+
+def test_doctor_runs_the_numba_kernel_and_warns_without_it(monkeypatch):
+    from byzctl.aggregators import _numba_select
+
+    status, detail = doctor.check_kernels()
+    assert status == "ok" and "numba kernel ok" in detail, detail
+    monkeypatch.setattr(_numba_select.switch, "available", lambda: False)
+    status, detail = doctor.check_kernels()
+    assert status == "warn" and "torch network" in detail, detail

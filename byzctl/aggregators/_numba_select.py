@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from byzctl.aggregators._select import Switch
 
 _RULES = {"median": 0, "trimmed_mean": 1, "meamed": 2}
 _WIDTH = 512
@@ -55,31 +56,8 @@ loading the kernel costs a process about 1 s, worth it only for real vectors."""
 _MIN_SPLIT = 16 * _WIDTH
 """Fewer coordinates per thread than this run on the calling thread alone."""
 
-_broken: str | None = None
-"""Why the kernel cannot be used in this process, once it failed."""
-
-
-def available() -> bool:
-    """True when numba can be imported and the kernel has not failed here."""
-    return _broken is None and _importable()
-
-
-def disable(error: BaseException) -> None:
-    """Stop using the kernel in this process, warning once with the reason."""
-    global _broken
-    if _broken is None:
-        _broken = f"{type(error).__name__}: {error}"
-        warnings.warn(f"byzctl: numba kernel disabled ({_broken[:500]}); CPU coordinate-wise rules use the torch network",
-                      RuntimeWarning, stacklevel=3)
-
-
-@functools.cache
-def _importable() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+switch = Switch("numba", "numba kernel", "CPU coordinate-wise rules use the torch network")
+"""Whether the kernel may run here (`_select.kernel_columns` asks, and disables it on a failure)."""
 
 
 def columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor:

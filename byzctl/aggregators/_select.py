@@ -47,6 +47,9 @@ the kernels do not cover.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -396,23 +399,52 @@ def kernel_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) 
     if x.device.type != "cpu" or not 1 <= n <= _MAX_NETWORK_ROWS or x.shape[1] < _numba_select.MIN_COLUMNS:
         return None
 
-    if not _numba_select.available():
+    if not _numba_select.switch.available():
         return None
     try:
         return _numba_select.columns(x, rule=rule, f=f, rows=rows)
     except Exception as e:  # e.g. a numba TypingError on a numba/numpy pair it does not support
-        _numba_select.disable(e)
+        _numba_select.switch.disable(e)
         return None
 
 
 def _triton_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None) -> Tensor | None:
     from byzctl.aggregators import _triton_select
 
-    if not _triton_select.available():
+    if not _triton_select.switch.available():
         return None
     try:
         _triton_select.self_check(x.device)
         return _triton_select.columns(x, rule=rule, f=f, rows=rows)
     except Exception as e:  # e.g. triton CompilationError on an older Triton or GPU, or a failed self-check
-        _triton_select.disable(e)
+        _triton_select.switch.disable(e)
         return None
+
+
+class Switch:
+    """Whether a compiled kernel may run in this process: its package imports (tried
+    on the first ask only), and the kernel has not failed here. The first failure is
+    warned once, saying what runs instead; the rules then do."""
+
+    def __init__(self, package: str, kernel: str, instead: str) -> None:
+        self.package, self.kernel, self.instead = package, kernel, instead
+        self.broken: str | None = None
+        """Why the kernel cannot be used in this process, once it failed."""
+
+    def available(self) -> bool:
+        return self.broken is None and _importable(self.package)
+
+    def disable(self, error: BaseException) -> None:
+        if self.broken is None:
+            self.broken = f"{type(error).__name__}: {error}"
+            warnings.warn(f"byzctl: {self.kernel} disabled ({self.broken[:500]}); {self.instead}",
+                          RuntimeWarning, stacklevel=3)
+
+
+@functools.cache
+def _importable(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return False
+    return True

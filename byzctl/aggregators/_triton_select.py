@@ -25,11 +25,12 @@ Triton or GPU can make byzctl slower but not wrong.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from byzctl.aggregators._select import Switch
 
 tl: Any = None
 """triton.language, bound by `_kernel()` before the kernel is compiled."""
@@ -39,31 +40,9 @@ _WARPS = 4
 """Warps per program; BLOCK = 32 * _WARPS coordinates, one per thread."""
 
 
-_broken: str | None = None
-"""Why the kernel cannot be used in this process, once it failed to compile."""
-
-
-def available() -> bool:
-    """True when Triton can be imported and the kernel has not failed here."""
-    return _broken is None and _importable()
-
-
-def disable(error: BaseException) -> None:
-    """Stop using the kernel in this process, warning once with the reason."""
-    global _broken
-    if _broken is None:
-        _broken = f"{type(error).__name__}: {error}"
-        warnings.warn(f"byzctl: Triton kernel disabled ({_broken[:500]}); CUDA coordinate-wise rules use torch.sort",
-                      RuntimeWarning, stacklevel=3)
-
-
-@functools.cache
-def _importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+switch = Switch("triton", "Triton kernel", "CUDA coordinate-wise rules use torch.sort")
+"""Whether the kernel may run here (`_select.kernel_columns` asks, and disables it on a
+failure to compile or a failed `self_check`)."""
 
 
 _checked: set[str] = set()
