@@ -111,7 +111,7 @@ def test_matches_reference(rule, n, kind, engine):
 @pytest.mark.parametrize("n, d", [(32, 1_003), (23, 701), (130, 50)])
 def test_many_chunks_threads_and_large_n_match_reference(rule, n, d, monkeypatch, engine):
     # Several chunks with a ragged tail, padding to a power of two, both thread counts,
-    # and n past the sorting network (the torch.sort path).
+    # and n past the torch network (its torch.sort path; the numba kernel goes to 1024).
     from byzctl.aggregators import _numba_select, _select
 
     monkeypatch.setattr(_select, "_CHUNK_ELEMS", 32 * 200)  # chunks of ~200 coordinates
@@ -507,3 +507,26 @@ def test_narrow_inputs_skip_numba_and_warm_builds_the_kernel(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_without_a_writable_cache_the_kernel_compiles_uncached(monkeypatch):
+    import numba
+
+    from byzctl.aggregators import _numba_select
+
+    njit = numba.njit
+
+    def no_locator(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function '_columns_kernel': no locator available")
+        return njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", no_locator)
+    _numba_select._kernel.cache_clear()
+    try:
+        x = torch.randn(9, 300, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+        with pytest.warns(RuntimeWarning, match="cannot cache its kernel here"):
+            got = _numba_select.columns(x, rule="meamed", f=2)
+        torch.testing.assert_close(got, ref_meamed(x, 2), rtol=1e-12, atol=1e-12)
+    finally:
+        _numba_select._kernel.cache_clear()  # the next use builds the cached one again

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,6 +51,10 @@ Single-threaded at (n=32, d=1e6), cw_median took 53 ms with 128 (the copy into t
 buffer, 32 rows x 512 bytes at a time, ran at half the speed of torch.mean), 39 ms
 with 256, 38 ms with 512; running the network on 128-wide sub-blocks (in L1) of a
 512- to 2048-wide buffer gained nothing."""
+MAX_ROWS = 1024
+"""More rows use torch.sort (`_select.kernel_columns`). Up to here the network beats it:
+meamed at (n=129, d=5e4) 13 ms against 167 ms, at (1000, 1e4) 78 ms against 370 ms;
+the torch network in `_select` stops at 128 rows."""
 MIN_COLUMNS = 1024
 """Narrower inputs use the torch network (`_select.kernel_columns`): importing numba and
 loading the kernel costs a process about 1 s, worth it only for real vectors."""
@@ -170,7 +175,12 @@ def _prune(n: int, pairs: list[tuple[int, int]], exact: set[int], group: set[int
 def _kernel() -> Any:
     import numba
 
-    return numba.njit(nogil=True, cache=True, error_model="numpy")(_columns_kernel)
+    try:
+        return numba.njit(nogil=True, cache=True, error_model="numpy")(_columns_kernel)
+    except RuntimeError as e:  # "cannot cache ... no locator available": no writable cache directory
+        warnings.warn(f"byzctl: numba cannot cache its kernel here ({e}); it compiles in each process",
+                      RuntimeWarning, stacklevel=2)
+        return numba.njit(nogil=True, error_model="numpy")(_columns_kernel)
 
 
 def _columns_kernel(x, rows, out, comps, final, rule, f, start, stop, width):  # type: ignore[no-untyped-def]

@@ -386,8 +386,8 @@ def check_float(x: Tensor, rule: str) -> None:
 def kernel_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) -> Tensor | None:
     """`rule` over x's columns by a compiled kernel, or None where none applies (the
     caller then uses `by_columns`): on CUDA the Triton kernel (`_triton_select`, up to
-    64 rows), on CPU the numba kernel (`_numba_select`, up to `_MAX_NETWORK_ROWS`
-    rows, `rows` counting when the rule reads a subset, and at least `MIN_COLUMNS`
+    64 rows), on CPU the numba kernel (`_numba_select`, up to `MAX_ROWS` rows, `rows`
+    counting when the rule reads a subset, and at least `MIN_COLUMNS`
     coordinates: a process that only ever aggregates a few, such as a config check,
     never imports numba). A kernel that fails to compile, or (Triton) its self-check
     here, is disabled with one warning."""
@@ -396,7 +396,7 @@ def kernel_columns(x: Tensor, *, rule: str, f: int, rows: Tensor | None = None) 
         return _triton_columns(x, rule=rule, f=f, rows=rows) if 1 <= n <= 64 else None
     from byzctl.aggregators import _numba_select
 
-    if x.device.type != "cpu" or not 1 <= n <= _MAX_NETWORK_ROWS or x.shape[1] < _numba_select.MIN_COLUMNS:
+    if x.device.type != "cpu" or not 1 <= n <= _numba_select.MAX_ROWS or x.shape[1] < _numba_select.MIN_COLUMNS:
         return None
 
     if not _numba_select.switch.available():
