@@ -97,6 +97,7 @@ RUN_CASES = [
     pytest.param(["rounds=-5"], "rounds=-5", id="negative rounds", marks=slow),
     pytest.param(["lr=0"], "lr=0", id="lr 0"),
     pytest.param(["attack=alie", "attack.z=nan"], "z=nan", id="alie z nan", marks=slow),
+    pytest.param(["dataset=mnist", "dataset.subset=70000"], "subset=70000", id="mnist subset too large"),
     pytest.param(["lr=-0.1"], "lr=-0.1", id="negative lr", marks=slow),
     pytest.param(["momentum=1"], "momentum=1", id="momentum 1", marks=slow),
     pytest.param(["momentum=-0.1"], "momentum=-0.1", id="negative momentum", marks=slow),

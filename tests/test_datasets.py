@@ -83,6 +83,27 @@ def test_subset_and_test_size_are_seeded_subsets(tmp_path):
         Mnist(subset=0)
 
 
+@pytest.mark.parametrize("cls, train, test", [(Mnist, 60_000, 10_000), (FashionMnist, 60_000, 10_000), (Cifar10, 50_000, 10_000)])
+def test_sizes_beyond_the_official_files_fail_when_the_config_is_built(cls, train, test):
+    with pytest.raises(ConfigError, match=f"subset={train + 1} exceeds the {train} training samples"):
+        cls(subset=train + 1)
+    with pytest.raises(ConfigError, match=f"test_size={test + 1} exceeds the {test} test samples"):
+        cls(test_size=test + 1)
+    assert cls(subset=train, test_size=test).subset == train
+
+
+def test_peek_reads_the_sizes_in_idx_headers(tmp_path):
+    """The launcher's check (peek) reads no images but sees smaller files than the official ones."""
+    write_mnist(tmp_path)  # 30 training, 10 test samples
+    assert Mnist(root=str(tmp_path), subset=30, test_size=10).peek(0) == ((1, 28, 28), 10)
+    with pytest.raises(ConfigError, match="subset=31 exceeds the 30 training samples of mnist"):
+        Mnist(root=str(tmp_path), subset=31, test_size=4).peek(0)
+    with pytest.raises(ConfigError, match="test_size=10000 exceeds the 10 test samples of mnist"):
+        Mnist(root=str(tmp_path)).peek(0)
+    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"junk")  # load() says what is wrong
+    assert Mnist(root=str(tmp_path), test_size=10).peek(0) == ((1, 28, 28), 10)
+
+
 def test_missing_files_name_the_folder_and_the_files(tmp_path):
     with pytest.raises(DataError) as err:
         Mnist(root=str(tmp_path / "data")).load(0)

@@ -37,11 +37,27 @@ class TorchvisionDataset(Dataset):
     """Test samples evaluated: a seeded subset of the official test split (10000: all of it)."""
     input_shape: ClassVar[tuple[int, ...]] = ()
     num_classes: ClassVar[int] = 0
+    official_sizes: ClassVar[tuple[int, int]] = (0, 0)
+    """(training, test) samples in the official files: a subset or test_size above them
+    fails when the config is built, before anything reads a file."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.subset is not None and self.subset < 1:
             raise ConfigError(f"dataset.subset must be >= 1 or null. Got subset={self.subset}")
+        if all(self.official_sizes):
+            self.check_sizes(*self.official_sizes)
+
+    def check_sizes(self, train: int, test: int) -> None:
+        """Raise ConfigError if `subset` or `test_size` asks for more samples than there are."""
+        if self.subset is not None and self.subset > train:
+            raise ConfigError(f"dataset.subset={self.subset} exceeds the {train} training samples of {self.name}")
+        if self.test_size > test:
+            raise ConfigError(f"dataset.test_size={self.test_size} exceeds the {test} test samples of {self.name}")
+
+    def sizes_on_disk(self) -> tuple[int, int] | None:
+        """(training, test) samples in the files here, where that is cheap to read (None: not)."""
+        return None
 
     def files(self) -> tuple[Path, tuple[str, ...], str]:
         """The folder the dataset is read from, the files expected there, and how to get them."""
@@ -51,6 +67,8 @@ class TorchvisionDataset(Dataset):
         # Reading every image in the launcher as well would double the start-up time: check the files only.
         if not self.download:
             self.require(*self.files())
+            if (sizes := self.sizes_on_disk()) is not None:  # files smaller than the official ones
+                self.check_sizes(*sizes)
         return self.input_shape, self.num_classes
 
     @property
@@ -73,13 +91,10 @@ class TorchvisionDataset(Dataset):
     def finish(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, seed: int, num_classes: int) -> Splits:
         """Apply `subset` and `test_size` (seeded) and package the splits."""
         gen = torch.Generator().manual_seed(seed)
+        self.check_sizes(len(y_train), len(y_test))
         if self.subset is not None:
-            if self.subset > len(y_train):
-                raise ConfigError(f"dataset.subset={self.subset} exceeds the {len(y_train)} training samples of {self.name}")
             keep = torch.randperm(len(y_train), generator=gen)[: self.subset]
             x_train, y_train = x_train[keep], y_train[keep]
-        if self.test_size > len(y_test):
-            raise ConfigError(f"dataset.test_size={self.test_size} exceeds the {len(y_test)} test samples of {self.name}")
         if self.test_size < len(y_test):
             keep = torch.randperm(len(y_test), generator=gen)[: self.test_size]
             x_test, y_test = x_test[keep], y_test[keep]
@@ -101,6 +116,20 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 def idx_files(ds: TorchvisionDataset, folder: str) -> tuple[Path, tuple[str, ...], str]:
     """`files()` of an MNIST-format dataset kept in <root>/<folder>/raw/."""
     return ds.root_path / folder / "raw", IDX_FILES, "the uncompressed idx-ubyte files: gunzip the .gz originals"
+
+
+def idx_sizes(ds: TorchvisionDataset) -> tuple[int, int] | None:
+    """`sizes_on_disk()` of an MNIST-format dataset: the counts in its label files'
+    headers (magic 0x00000801, then the count, big-endian); None if a header is not that."""
+    folder, _, _ = ds.files()
+    counts = []
+    for split in ("train", "t10k"):
+        with open(folder / f"{split}-labels-idx1-ubyte", "rb") as fh:
+            head = fh.read(8)
+        if len(head) < 8 or int.from_bytes(head[:4], "big") != 0x801:
+            return None  # load() names what is wrong with the file
+        counts.append(int.from_bytes(head[4:8], "big"))
+    return counts[0], counts[1]
 
 
 def load_idx(ds: TorchvisionDataset, tv_class: type, *, seed: int, num_classes: int,

@@ -66,6 +66,7 @@ class Cifar10(TorchvisionDataset):
     name: str = "cifar10"
     input_shape: ClassVar[tuple[int, ...]] = (3, 32, 32)
     num_classes: ClassVar[int] = 10
+    official_sizes: ClassVar[tuple[int, int]] = (50_000, 10_000)
 
     def files(self) -> tuple[Path, tuple[str, ...], str]:
         return self.root_path / FOLDER, (*TRAIN_FILES, TEST_FILE), "extract cifar-10-python.tar.gz in dataset.root"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from byzctl.data._torchvision import TorchvisionDataset, idx_files, load_idx
+from byzctl.data._torchvision import TorchvisionDataset, idx_files, idx_sizes, load_idx
 from byzctl.data.base import Splits
 
 MEAN, STD = (0.2860,), (0.3530,)
@@ -20,9 +20,13 @@ class FashionMnist(TorchvisionDataset):
     name: str = "fashion_mnist"
     input_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
     num_classes: ClassVar[int] = 10
+    official_sizes: ClassVar[tuple[int, int]] = (60_000, 10_000)
 
     def files(self) -> tuple[Path, tuple[str, ...], str]:
         return idx_files(self, "FashionMNIST")
+
+    def sizes_on_disk(self) -> tuple[int, int] | None:
+        return idx_sizes(self)
 
     def load(self, seed: int) -> Splits:
         from torchvision.datasets import FashionMNIST
