@@ -235,7 +235,7 @@ def test_hand_checked_values(engine):
     torch.testing.assert_close(cw_trimmed_mean(two, f=1), torch.tensor([2.0, 20.0]))
     from byzctl.aggregators import _numba_select
 
-    assert _numba_select.switch.available() == (engine == "numba")  # the engine under test ran
+    assert _numba_select.switch.available() == (engine == "numba")  # the fixture selected the engine
 
 
 def test_bulyan_discards_the_attacker_and_averages_the_rest(engine):

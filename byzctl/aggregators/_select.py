@@ -40,7 +40,7 @@ Other devices (and n > 128): the same `post` runs on `torch.sort(x, dim=0)` of x
 with NaN read as +inf.
 
 The rules try a compiled kernel first (`kernel_columns`): Triton on CUDA, numba on
-CPU (`_numba_select`, 3-4x torch.mean where this network takes 6-13x). This module's
+CPU (`_numba_select`, 2.6-5x torch.mean where this network takes 6-14x). This module's
 network is what runs when numba is missing or was disabled, and for rules and dtypes
 the kernels do not cover.
 """

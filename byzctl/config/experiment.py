@@ -231,8 +231,9 @@ class Experiment:
         """Build the run's compiled CPU kernel, if its rule has one (`Aggregator.compiled`),
         by running the rule once on fp32 vectors wide enough to reach it: numba caches
         it on disk, so the nodes load it (about 1 s) instead of each compiling it (about
-        2 s per process, all at once) inside their first round. Run by the launcher."""
-        if not type(self.aggregator).compiled:
+        2 s per process, all at once) inside their first round. Run by the launcher;
+        nothing to build for a CUDA run, whose nodes use the Triton kernel."""
+        if not type(self.aggregator).compiled or self.device != "cpu":
             return
         from byzctl.aggregators._numba_select import MIN_COLUMNS
 

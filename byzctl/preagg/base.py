@@ -95,10 +95,9 @@ def aggregate(
     When the rule averages and every pre-aggregator is linear, the chain runs on
     G = x @ x.T (as much of it as they read, see `_gram_for`) instead of on x: each
     pre-aggregator's V maps (G, W) to (V G V.T, V W), and the result is mean(W) @ x,
-    one weighted sum. Same result as
-    the plain chain up to float rounding (the sums are grouped differently); inputs
-    with non-finite rows take the plain chain, where each rule's documented handling
-    of them applies.
+    one weighted sum. Same result as the plain chain up to float rounding (the sums
+    are grouped differently); inputs with non-finite rows take the plain chain, where
+    each rule's documented handling of them applies.
     """
     if preaggs and rule.averages and all(type(p).mix for p in preaggs):
         g, ok = _gram_for(preaggs, x)
