@@ -91,6 +91,7 @@ def cmd_run(rest: list[str]) -> int:
     if "--debug" in rest:
         rest = [a for a in rest if a != "--debug"]
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    rest = [*_cluster_settings(rest), *rest]
     # Hydra reads sys.argv; completion reads COMP_LINE: drop the subcommand word from both.
     sys.argv = [f"{Path(sys.argv[0]).name} run", *normalize_overrides(rest)]
     if "COMP_LINE" in os.environ:
@@ -105,30 +106,111 @@ def cmd_run(rest: list[str]) -> int:
     return 0
 
 
+def _cluster_settings(args: list[str]) -> list[str]:
+    """Overrides from a seeds' cluster file's `training`/`aggregation`/`attack_scale`
+    keys; a key set on the command line wins (a group set there drops the file's
+    parameters of that group). Each choice is printed, and lands in .hydra/overrides.yaml."""
+    from byzctl.topology.cluster import settings
+
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("cluster=")), "")
+    if not path or "," in path or not Path(path).expanduser().is_file():
+        return []  # a sweep over files, or a missing file (Experiment names it)
+    typed = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+    out = []
+    for key, value, where in settings(path):
+        group = key.split(".")[0]
+        if key in typed or (key != group and group in typed):
+            print(f"byzctl run: {path}: {where}={value} not applied: the command line sets {key if key in typed else group}", file=sys.stderr)
+            continue
+        print(f"byzctl run: {path}: {where}={value} -> {key}={value}", file=sys.stderr)
+        out.append(f"{key}={value}")
+    return out
+
+
 # -- node -----------------------------------------------------------------------------
 def cmd_node(rest: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="byzctl node", description="Run one node of a run on this host.")
-    p.add_argument("--id", type=int, required=True, help="this node's id")
+    p = argparse.ArgumentParser(prog="byzctl node", description="Run one node of a run on this host. Without --resolved it "
+                                "takes the run's config from the coordinator named by cluster=<file>.")
+    p.add_argument("--id", type=int, help="this node's id (byzctl's numbering: ps server 0, workers 1..n)")
+    p.add_argument("--role", choices=["server", "worker"], help="ps, as the seeds: --role server is node 0; --role worker needs --worker-id")
+    p.add_argument("--worker-id", type=int, help="ps worker id as the cluster file numbers it (files numbering workers from 0 are shifted by one)")
+    p.add_argument("--node-type", "--worker-type", dest="node_type", choices=["honest", "byzantine"],
+                   help="what this node should be; refused unless the run plans it so")
     p.add_argument("--control", help="the monitor's endpoint (set by the launcher)")
     p.add_argument("--run-id", default="", help="the run's id (set by the launcher)")
     p.add_argument("--resolved", help="a resolved config file (set by the launcher)")
     p.add_argument("--run-dir", help="the run directory, when the launcher is on this host (set by the launcher)")
+    p.add_argument("--state-dir", help="where this node saves its state if the coordinator dies (default: the current directory)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("overrides", nargs="*", help="the same overrides as the run")
+    p.add_argument("overrides", nargs="*", help="host settings (cluster=, security=, security.keys=); other overrides must agree with the run's")
     args = p.parse_args(rest)
     from byzctl.config.compose import compose, load_resolved
     from byzctl.config.experiment import Experiment
     from byzctl.errors import ConfigError
+    from byzctl.node.coordinator import fetch_config, given_overrides
     from byzctl.node.main import run_node
+    from byzctl.topology.cluster import monitor_endpoint
 
-    cfg = load_resolved(args.resolved, "--resolved") if args.resolved else compose(args.overrides)
-    exp = Experiment.from_cfg(cfg)
+    if args.resolved:
+        cfg = load_resolved(args.resolved, "--resolved")
+    else:
+        cfg = compose(args.overrides)
+    cluster = cfg.get("cluster")
+    node_id = _node_id(args, cluster)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s node{node_id}: %(message)s")
     control = args.control
     if not control:
-        if exp.cluster is None:
+        if not cluster:
             raise ConfigError("byzctl node needs cluster=<file> (where the monitor and the nodes live)")
-        control = exp.cluster.monitor.advertised
-    return run_node(exp, args.id, control, args.run_id, run_dir=args.run_dir)
+        control = monitor_endpoint(cluster)
+    if not args.resolved:
+        cfg = fetch_config(cfg, given_overrides(args.overrides, cfg), node_id, control)
+    exp = Experiment.from_cfg(cfg)
+    _check_node_type(exp, node_id, args)
+    return run_node(exp, node_id, control, args.run_id, run_dir=args.run_dir, state_dir=args.state_dir)
+
+
+def _node_id(args: argparse.Namespace, cluster: str | None) -> int:
+    from byzctl.errors import ConfigError
+    from byzctl.topology.cluster import node_id_of_worker
+
+    if args.role == "server":
+        if args.id not in (None, 0) or args.worker_id is not None:
+            raise ConfigError(f"--role server is node 0; it takes no --id {args.id} / --worker-id {args.worker_id}")
+        return 0
+    if args.worker_id is not None:
+        if args.id is not None:
+            raise ConfigError(f"give --id {args.id} or --worker-id {args.worker_id}, not both")
+        if not cluster:
+            raise ConfigError("--worker-id numbers workers as a cluster file does: it needs cluster=<file>")
+        return node_id_of_worker(cluster, args.worker_id)
+    if args.role == "worker" or args.id is None:
+        raise ConfigError("byzctl node needs --id N (or --role server, or --role worker --worker-id K)")
+    return int(args.id)
+
+
+def _check_node_type(exp: object, node_id: int, args: argparse.Namespace) -> None:
+    """--node-type / --worker-type (the seeds' flags) must agree with the run's plan."""
+    from byzctl.config.experiment import Experiment
+    from byzctl.errors import ConfigError
+    from byzctl.topology.base import Role
+
+    assert isinstance(exp, Experiment)
+    plan = {s.id: s for s in exp.plan()}
+    spec = plan.get(node_id)
+    if spec is None:
+        return  # run_node names the valid ids
+    if (args.role or args.worker_id is not None) and exp.topology.name != "ps":
+        raise ConfigError(f"--role/--worker-id are for topology=ps; this run is topology={exp.topology.name}: use --id")
+    if args.role == "worker" and spec.role is not Role.worker:
+        raise ConfigError(f"--role worker, but node {node_id} is the run's {spec.role.value}")
+    if args.node_type is not None and spec.role in (Role.worker, Role.peer):
+        planned = "byzantine" if spec.byzantine else "honest"
+        if args.node_type != planned:
+            raise ConfigError(f"--node-type {args.node_type}, but the run plans node {node_id} {planned} "
+                              f"(nodes.honest={exp.honest}, nodes.byzantine={exp.byzantine}; honest ids come first)")
 
 
 # -- list -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -75,15 +76,26 @@ class Run:
     # -- state ------------------------------------------------------------------------
     @cached_property
     def state(self) -> str:
-        """run.json's state; a RUNNING run whose node processes are all gone is STALE."""
+        """run.json's state; a RUNNING run whose launcher (on this host) is gone is LOST,
+        and one whose node processes are all gone is STALE."""
         state = str(self.info.get("state", "UNKNOWN"))
+        if state == "RUNNING" and self._launcher_gone:
+            return "LOST"
         pids = self.info.get("pids") or {}
         if state == "RUNNING" and pids and not any(pid_alive(int(p)) for p in pids.values()):
             return "STALE"
         return state
 
     @property
+    def _launcher_gone(self) -> bool:
+        pid, host = self.info.get("launcher_pid"), self.info.get("host")
+        return isinstance(pid, int) and host == socket.gethostname() and not pid_alive(pid)
+
+    @property
     def reason(self) -> str:
+        if self.state == "LOST":
+            return (f"run.json says RUNNING but its launcher (pid {self.info.get('launcher_pid')}) is gone: "
+                    "it was killed before it could record the end; remote nodes stop on their own")
         if self.state == "STALE":
             return "run.json says RUNNING but none of its node processes is alive (the launcher was killed?)"
         return str(self.info.get("reason") or self.summary.get("reason") or "")
@@ -254,7 +266,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:  # a killed process its parent has not reaped yet is a zombie: gone all the same
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _read_json(path: Path) -> Any:
@@ -333,7 +349,7 @@ def status_rows(runs: list[Run], root: Path, now: float | None = None) -> list[d
     return out
 
 
-STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "INTERRUPTED": "yellow", "STALE": "magenta"}
+STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "INTERRUPTED": "yellow", "STALE": "magenta", "LOST": "red"}
 
 
 def main(argv: list[str]) -> int:

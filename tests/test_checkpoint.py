@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 
 import torch
@@ -74,3 +76,34 @@ def test_resume_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
     (tmp_path / "bare").mkdir()
     proc = byzctl("run", f"resume={tmp_path / 'bare'}", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode == 2 and "not a byzctl run directory" in proc.stderr
+
+
+def test_two_interrupts_then_resume_still_end_bit_for_bit_equal(tmp_path):
+    """Interrupts that land mid-round (eval_every=7: the parameters stepped while the
+    evaluation runs) must save the state of the round the checkpoint names."""
+    run = ["rounds=900", "checkpoint_every=150", "seed=0", "eval_every=7"]
+    ref, proc = run_dir(tmp_path, *run, name="ref")
+    assert proc.returncode == 0, proc.stderr
+    _, want = read_checkpoint(latest_checkpoint(ref / "checkpoints"))
+
+    live, out = _start(tmp_path, *run, "rounds=900")
+    live.send_signal(signal.SIGINT)
+    assert live.wait(timeout=60) == 130
+    first, _ = read_checkpoint(latest_checkpoint(out / "checkpoints"))
+    for attempt in ("again", "final"):
+        live = subprocess.Popen([sys.executable, "-m", "byzctl", "run", f"resume={out}", f"hydra.run.dir={tmp_path / attempt}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if attempt == "again":
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and read_checkpoint(latest_checkpoint(out / "checkpoints"))[0] == first:
+                time.sleep(0.2)  # the resumed run wrote a checkpoint of its own: it is training
+            live.send_signal(signal.SIGINT)
+            assert live.wait(timeout=60) == 130
+        else:
+            text, _ = live.communicate(timeout=300)
+            assert live.returncode == 0, text
+    r, got = read_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert r == 900 and len(read(out / "run.json")["resumed"]) == 2
+    for node, (_, tensors) in want.items():
+        for name, t in tensors.items():
+            assert torch.equal(got[node][1][name], t), f"node {node} {name} differs after two interrupts"

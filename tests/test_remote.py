@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -76,19 +77,33 @@ def test_a_node_that_never_starts_is_named_with_its_address(tmp_path):
     assert run["state"] == "FAILED" and "nodes [3]" in run["reason"]
 
 
-def test_a_node_with_another_config_is_refused_with_both_hashes(tmp_path):
+def test_a_node_with_other_overrides_is_refused_alone_and_a_correct_one_completes_the_run(tmp_path):
+    """One config, from the coordinator: a node started with an override that differs is
+    refused alone, naming the key; the run waits on, and a node started with only its
+    host settings takes the run's config and completes it."""
     cluster = ps_cluster(tmp_path)
     rogue = node(tmp_path, 3, cluster, "lr=0.5")
+    launcher = subprocess.Popen([sys.executable, "-m", "byzctl", "run", "launcher=remote", f"cluster={cluster}", "local_nodes=[0,1,2]",
+                                 *RUN, "topology.join_timeout=90", f"hydra.run.dir={tmp_path / 'run'}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    good = None
     try:
-        proc = byzctl("run", "launcher=remote", f"cluster={cluster}", "local_nodes=[0,1,2]", *RUN, "topology.join_timeout=30",
-                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-        assert proc.returncode == 1
-        reason = read(tmp_path / "run" / "run.json")["reason"]
-        assert "node 3 has config hash" in reason and "the run has" in reason
-        out, _ = rogue.communicate(timeout=60)
-        assert rogue.returncode != 0 and "config hash" in out
+        out, _ = rogue.communicate(timeout=120)
+        assert rogue.returncode != 0
+        assert "lr=0.5 (the run has 0.1)" in out, out
+        good = subprocess.Popen([sys.executable, "-m", "byzctl", "node", "--id", "3", f"cluster={cluster}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = launcher.communicate(timeout=240)
+        assert launcher.returncode == 0, out
+        assert good.wait(timeout=60) == 0
+        summary = read(tmp_path / "run" / "summary.json")
+        assert summary["state"] == "COMPLETED" and summary["rounds_completed"] == 12
+        events = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert any(e.get("event") == "node_refused" and "lr=0.5" in e["reason"] for e in events)
     finally:
-        rogue.kill()
+        for p in (rogue, launcher, good):
+            if p is not None:
+                p.kill()
 
 
 @pytest.mark.parametrize(

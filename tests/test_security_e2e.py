@@ -75,3 +75,31 @@ def test_curve_without_keys_or_with_missing_node_keys(tmp_path, compose):
     assert keys_main(["gen", str(tmp_path / "k"), "--nodes", "3"]) == 0
     with pytest.raises(ConfigError, match="node-3|node 3"):
         Experiment.from_cfg(compose(["security=curve", f"security.keys={tmp_path / 'k'}"]))
+
+
+def test_a_byzantine_key_sending_a_bad_hello_mid_run_is_refused_alone(tmp_path, keys):
+    """The Byzantine node's own (allow-listed) key says hello again with a wrong config
+    hash in the middle of the run: that connection alone is refused and logged; the run
+    completes, and node 5 keeps its accepted connection (it is not lost)."""
+    mine, _ = keys
+    proc, out = _start(tmp_path, "security=curve", f"security.keys={mine}", "rounds=120")
+    control = read(out / "run.json")["control"]
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        curve.secure_client(s, curve.Keyring(mine), 5, "monitor")
+        s.connect(control)
+        s.send_multipart(encode(Message(kind="hello", sender=5, meta={"role": "worker", "hash": "0123456789abcdef", "endpoints": {}})))
+        assert s.poll(20000), "the refusal never came"
+        from byzctl.transport.wire import decode
+
+        reply = decode(s.recv_multipart(), max_bytes=0)
+        assert reply.kind == "refuse" and "0123456789abcdef" in reply.meta["reason"]
+        assert proc.wait(timeout=240) == 0
+    finally:
+        s.close(0)
+        ctx.term()
+    summary = read(out / "summary.json")
+    assert summary["state"] == "COMPLETED" and summary["nodes_lost"] == 0 and summary["rounds_completed"] == 120
+    assert "refused node 5 has config hash 0123456789abcdef" in (out / "app.log").read_text()

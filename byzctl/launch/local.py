@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,10 +107,12 @@ class LocalLauncher:
                 resolved = rundir.path / "config.yaml"
                 rundir.info = read_json(rundir.run_json)
                 rundir.update(state="RUNNING", reason="", ended=None, run_id=self.run_id, control=self.control,
+                              launcher_pid=os.getpid(), host=socket.gethostname(),
                               resumed=[*rundir.info.get("resumed", []), {"time": time.time(), "from_round": self.resumed_from}])
             else:
                 resolved = write_resolved(exp.cfg, rundir)
                 rundir.start(run_id=self.run_id, config_hash=exp.hash, topology=exp.topology.name,
+                             launcher_pid=os.getpid(), host=socket.gethostname(),
                              launcher="remote" if exp.remote else "local", control=self.control,
                              nodes=[{"id": s.id, "role": s.role.value, "byzantine": s.byzantine} for s in exp.plan()])
             self._open_logger()
@@ -127,7 +130,7 @@ class LocalLauncher:
             raise
         finally:
             with contextlib.suppress(Exception):
-                monitor.stop_all(self.reason or "run ended")
+                monitor.stop_all(self.reason or "run ended", self.state)
             codes = self.reap()
             with contextlib.suppress(Exception):
                 monitor.drain()
@@ -148,6 +151,10 @@ class LocalLauncher:
             while True:
                 monitor.poll(100)
                 now = time.monotonic()
+                monitor.beat(now)
+                for line in monitor.lines:  # evaluations, above the live table
+                    (live.console if isinstance(live, Live) else self.console).print(line, markup=False, highlight=False, soft_wrap=True)
+                monitor.lines.clear()
                 codes = {i: self.outcome(i, monitor) for i in monitor.nodes}
                 for i in monitor.silent(now):
                     monitor.lose(i, f"no heartbeat for {self.exp.topology.peer_timeout}s (dead or hung)")
@@ -168,10 +175,11 @@ class LocalLauncher:
                 if not monitor.welcomed and now - t0 > self.exp.topology.join_timeout:
                     missing = monitor.missing()
                     cluster = self.exp.cluster
-                    raise PeerError(cluster.missing_message(missing) if cluster else
-                                    f"not enough peers: nodes {missing} did not join within join_timeout={self.exp.topology.join_timeout}s")
-                if monitor.refused:
-                    raise PeerError(monitor.refused[0])
+                    why = (cluster.missing_message(missing) if cluster else
+                           f"not enough peers: nodes {missing} did not join within join_timeout={self.exp.topology.join_timeout}s")
+                    if monitor.refused:  # the nodes refused alone while the run waited: say why
+                        why += "; refused meanwhile: " + "; ".join(dict.fromkeys(monitor.refused))
+                    raise PeerError(why)
                 finished = [s for s in monitor.nodes.values() if s.final and s.spec.role.value in ("server", "peer")]
                 if finished and len(finished) == len([s for s in monitor.nodes.values() if s.spec.role.value in ("server", "peer")]) and done_at is None:
                     done_at = now
@@ -222,7 +230,7 @@ class LocalLauncher:
         """On Ctrl-C: ask every node for its state, give them a moment, save it."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the save short
         with contextlib.suppress(Exception):
-            monitor.stop_all(self.reason, checkpoint=True)
+            monitor.stop_all(self.reason, self.state, checkpoint=True)
             deadline = time.monotonic() + CHECKPOINT_GRACE_S
             while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
                 monitor.poll(50)

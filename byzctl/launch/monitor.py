@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import zmq
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 from byzctl.config.experiment import Experiment
@@ -20,11 +22,13 @@ from byzctl.errors import WireError
 from byzctl.launch.checkpoints import NodeStates
 from byzctl.launch.rundir import RunDir
 from byzctl.node.runtime import identity
-from byzctl.topology.base import NodeSpec
+from byzctl.topology.base import NodeSpec, Role
 from byzctl.transport import curve, sockets
 from byzctl.transport.wire import Message
 
 log = logging.getLogger("byzctl")
+
+_ABSENT = object()
 
 
 @dataclass
@@ -32,7 +36,10 @@ class NodeStatus:
     spec: NodeSpec
     state: str = "starting"
     round: int = 0
-    loss: float = float("nan")
+    train_loss: float = float("nan")
+    """The last batch's training loss (heartbeats of training nodes)."""
+    test_loss: float = float("nan")
+    """The last evaluation's test loss."""
     accuracy: float | None = None
     last_seen: float = 0.0
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -70,6 +77,9 @@ class Monitor:
         self.resume: NodeStates = {}
         self.last_checkpoint: str | None = None
         self.honest_rows: list[dict[str, Any]] = []
+        self._next_beat = 0.0
+        self.lines: list[str] = []
+        """Evaluation lines for the console, taken (and cleared) by the launcher."""
 
     # -- messages ---------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> None:
@@ -100,9 +110,11 @@ class Monitor:
         while self.sock.poll(quiet_ms):
             self.poll(0)
 
-    def _send(self, node_id: int, kind: str, meta: dict[str, Any], tensors: list[Any] | None = None) -> None:
+    def _send(self, node_id: int, kind: str, meta: dict[str, Any], tensors: list[Any] | None = None, *, to: bytes | None = None) -> None:
+        """To node `node_id` on its accepted connection, or to the connection `to` (the
+        answer to a request, which must not take over the node's route)."""
         msg = Message(kind=kind, run=self.run_id, sender=-1, meta=meta, tensors=list(tensors or []))
-        sockets.send(self.sock, msg, to=self.routes.get(node_id, identity(node_id)), block=False)
+        sockets.send(self.sock, msg, to=to or self.routes.get(node_id, identity(node_id)), block=False)
 
     def _handle(self, ident: bytes, msg: Message, genuine: bool) -> None:
         st = self.nodes.get(msg.sender)
@@ -111,12 +123,18 @@ class Monitor:
             log.warning("monitor ignored %s from unknown node %s (routing id %r)", msg.kind, msg.sender, ident)
             return
         if msg.kind == "hello":  # a remote node does not know the run id yet
-            self.routes[msg.sender] = ident
             self._hello(st, ident, msg)
             return
         if msg.kind == "shard":  # asked before hello, with dataset.ship
             self.routes[msg.sender] = ident
             self._ship(st, msg)
+            return
+        if msg.kind == "config":  # a `byzctl node` asks for the run's config before it builds anything
+            self._config(st, ident, msg)
+            return
+        if msg.kind == "done" and not st.joined and msg.meta.get("state") == "failed":
+            # failed while setting up, before its hello: keep the real cause for the run's reason
+            st.final, st.state = {"state": "failed", "error": str(msg.meta.get("error", ""))[:2000]}, "failed"
             return
         if self.routes.get(msg.sender) != ident:
             return  # an older connection of a node that has since said hello again
@@ -126,15 +144,17 @@ class Monitor:
         st.round = max(st.round, msg.round)
         if msg.kind == "heartbeat":
             st.state = str(msg.meta.get("state", st.state))[:32]
-            st.loss = float(msg.meta.get("loss", st.loss))
+            st.train_loss = float(msg.meta.get("loss", st.train_loss))
         elif msg.kind == "metric":
             row = {**msg.meta, "node": msg.sender, "role": st.spec.role.value}
             acc, loss = row.get("test_accuracy"), row.get("test_loss")
             if acc is not None:
                 st.last_eval = {"round": row.get("round"), "test_accuracy": acc, "test_loss": loss}
             st.accuracy = float(acc) if acc is not None else st.accuracy
-            st.loss = float(loss) if loss is not None else st.loss
+            st.test_loss = float(loss) if loss is not None else st.test_loss
             self.rundir.metric(row)
+            if st.spec.role is Role.server and acc is not None:
+                self.lines.append(f"[round {int(row['round']):04d}] test loss={float(loss):.4f} acc={float(acc):.4f}")
             if st.spec.role.value == "peer" and not st.spec.byzantine:
                 self._honest_round(msg, row)
         elif msg.kind == "state":
@@ -151,8 +171,14 @@ class Monitor:
         r = int(row["round"])
         box = self.pending.setdefault(r, {})
         box[msg.sender] = (row, msg.tensors[0].clone() if msg.tensors else None)
-        alive = [i for i, s in self.nodes.items() if s.spec.role.value == "peer" and not s.spec.byzantine and s.state != "failed"]
-        if not set(alive) <= set(box):
+        self._honest_complete(r)
+
+    def _honest_complete(self, r: int) -> None:
+        """Record round r's honest figures if every honest peer still alive reported it."""
+        box = self.pending[r]
+        alive = [i for i, s in self.nodes.items()
+                 if s.spec.role is Role.peer and not s.spec.byzantine and s.state != "failed" and not s.lost]
+        if not box or not set(alive) <= set(box):
             return
         del self.pending[r]
         rows = [box[i][0] for i in sorted(box)]
@@ -169,6 +195,8 @@ class Monitor:
             agg["consensus_distance"] = float(((x - x.mean(0)) ** 2).sum(1).mean())
         self.honest_rows.append(agg)
         self.rundir.metric(agg)
+        self.lines.append(f"[round {r:04d}] honest nodes: test loss={agg['mean_loss']:.4f} acc={agg['mean_accuracy']:.4f} "
+                          f"(worst acc={agg['worst_accuracy']:.4f}, {len(rows)} nodes)")
 
     def _ship(self, st: NodeStatus, msg: Message) -> None:
         """dataset.ship: send a node its shard (the data lives only here)."""
@@ -186,13 +214,43 @@ class Monitor:
             self.splits = self.exp.dataset.load(int(self.exp.cfg.seed))
         return self.splits
 
+    def _config(self, st: NodeStatus, ident: bytes, msg: Message) -> None:
+        """Send a node the run's resolved config, unless the overrides it was started with
+        (`meta.overrides`: {dotted key: value}) disagree with the run's: then it alone is
+        refused, naming the keys, and the run waits on for a correct one."""
+        given = msg.meta.get("overrides")
+        if not isinstance(given, dict):
+            self.dropped += 1
+            log.warning("monitor ignored a config request from node %s with overrides %r", msg.sender, given)
+            return
+        differ = []
+        for key, value in sorted(given.items()):
+            ours = OmegaConf.select(self.exp.cfg, str(key), default=_ABSENT)
+            if isinstance(ours, (DictConfig, ListConfig)):
+                ours = OmegaConf.to_container(ours, resolve=True)
+            if ours != value:
+                differ.append(f"{key}={value!r} (the run has {'nothing' if ours is _ABSENT else repr(ours)})")
+        if differ:
+            self._refuse(st, ident, f"node {msg.sender} was started with overrides that differ from the run's: {', '.join(differ)}; "
+                             "start it with only host settings (cluster=, security.keys=) and it takes the run's config")
+            return
+        text = OmegaConf.to_yaml(self.exp.cfg, resolve=True, sort_keys=True).encode()
+        blob = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        self._send(msg.sender, "config", {"run": self.run_id, "hash": self.exp.hash}, [blob], to=ident)
+
+    def _refuse(self, st: NodeStatus, ident: bytes, reason: str) -> None:
+        """Refuse one connection's request (logged and recorded); the run goes on, and
+        the node's accepted connection, if any, keeps its route."""
+        self.refused.append(reason)
+        log.error("refused %s", reason)
+        self.event("node_refused", st.spec.id, reason)
+        self._send(st.spec.id, "refuse", {"reason": reason}, to=ident)
+
     def _hello(self, st: NodeStatus, ident: bytes, msg: Message) -> None:
         theirs = msg.meta.get("hash")
         if theirs != self.exp.hash:
-            reason = f"node {msg.sender} has config hash {theirs}, the run has {self.exp.hash}: start it with the same config and overrides"
-            self.refused.append(reason)
-            log.error("refused %s", reason)
-            self._send(msg.sender, "refuse", {"reason": reason})
+            self._refuse(st, ident, f"node {msg.sender} has config hash {theirs}, the run has {self.exp.hash}: "
+                             "start it with the same config and overrides (or with none, to take the run's)")
             return
         endpoints = msg.meta.get("endpoints", {})
         if not isinstance(endpoints, dict) or not all(isinstance(v, str) for v in endpoints.values()):
@@ -200,6 +258,7 @@ class Monitor:
             log.warning("monitor ignored a hello from node %s with endpoints %r", msg.sender, endpoints)
             return
         back = st.lost or (st.joined and self.welcomed)
+        self.routes[msg.sender] = ident
         st.joined, st.lost, st.final = True, False, {}
         st.state = "rejoined" if back else "joined"
         st.last_seen = time.monotonic()
@@ -211,6 +270,9 @@ class Monitor:
             self._notify(msg.sender, {"node": msg.sender, "back": True, "endpoints": st.endpoints})
         elif all(s.joined for s in self.nodes.values()):
             table = self.peer_table()
+            now = time.monotonic()
+            for s in self.nodes.values():  # liveness counts from the start of the run, not from each hello
+                s.last_seen = now
             for node_id in self.nodes:
                 meta: dict[str, Any] = {"peers": table, "run": self.run_id}
                 tensors = []
@@ -280,6 +342,8 @@ class Monitor:
             return
         st.lost, st.state = True, "lost"
         log.warning("node %d lost: %s", node_id, reason)
+        for r in sorted(self.pending):  # rounds that waited only for this node's evaluation
+            self._honest_complete(r)
         self.event("node_lost", node_id, reason)
         self._notify(node_id, {"node": node_id, "back": False, "reason": reason})
 
@@ -295,21 +359,32 @@ class Monitor:
     def missing(self) -> list[int]:
         return [i for i, s in self.nodes.items() if not s.joined]
 
-    def stop_all(self, reason: str, checkpoint: bool = False) -> None:
+    def stop_all(self, reason: str, state: str, checkpoint: bool = False) -> None:
+        """Stop every node that joined; `state` (the run's) decides their exit codes."""
         for node_id, st in self.nodes.items():
             if st.joined:
-                self._send(node_id, "stop", {"reason": reason, "checkpoint": checkpoint})
+                self._send(node_id, "stop", {"reason": reason, "state": state, "checkpoint": checkpoint})
+
+    def beat(self, now: float) -> None:
+        """The coordinator's heartbeat to every joined node (they stop when it goes silent)."""
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self.exp.topology.heartbeat_interval
+        for node_id, st in self.nodes.items():
+            if st.joined and not st.lost and not st.final:
+                self._send(node_id, "heartbeat", {})
 
     # -- view -------------------------------------------------------------------------
     def table(self, title: str) -> Table:
         t = Table(title=title, title_justify="left")
-        for col in ("node", "role", "round", "loss", "accuracy", "state"):
-            t.add_column(col, justify="right" if col in ("node", "round", "loss", "accuracy") else "left")
+        for col in ("node", "role", "round", "train loss", "test loss", "accuracy", "state"):
+            t.add_column(col, justify="left" if col in ("role", "state") else "right")
         for i, s in self.nodes.items():
             acc = "" if s.accuracy is None else f"{s.accuracy:.4f}"
-            loss = "" if s.loss != s.loss else f"{s.loss:.4f}"
+            train = "" if s.train_loss != s.train_loss else f"{s.train_loss:.4f}"
+            test = "" if s.test_loss != s.test_loss else f"{s.test_loss:.4f}"
             style = "red" if s.state == "failed" else ("magenta" if s.spec.byzantine else None)
-            t.add_row(str(i), s.spec.label, str(s.round), loss, acc, s.state, style=style)
+            t.add_row(str(i), s.spec.label, str(s.round), train, test, acc, s.state, style=style)
         return t
 
     def close(self) -> None:

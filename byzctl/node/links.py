@@ -98,7 +98,8 @@ class HubLinks(Links):
 
     def connect(self, peers: dict[int, dict[str, Any]]) -> None:
         rid, relay = next((i, p) for i, p in peers.items() if p["role"] == "relay")
-        self.sock = self.node.dealer_to(rid)
+        # one queue for every out-neighbour's vectors: room for two rounds of them
+        self.sock = self.node.dealer_to(rid, sndhwm=max(self.node.topo.sndhwm, 2 * (len(self.out) + 1)))
         self.node.add_socket(self.sock, routed=True)
         self.sock.connect(relay["endpoints"]["relay"])
         sockets.send(self.sock, self.node.msg("hello", meta={"hash": self.node.exp.hash}), to=b"", block=False)

@@ -18,7 +18,7 @@ from byzctl.jsonio import read_json, write_json
 from byzctl.node.peer import Peer
 from byzctl.node.ps import PsServer, PsWorker
 from byzctl.node.relay import HubRelay
-from byzctl.node.runtime import NodeRuntime
+from byzctl.node.runtime import CoordinatorLost, NodeRuntime
 from byzctl.node.shards import load_shard
 from byzctl.topology.base import Role
 
@@ -53,8 +53,11 @@ def _orphaned(parent: int, run_dir: str | None, node_id: int) -> None:
             write_json(path, info)
 
 
-def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: str | None = None) -> int:
-    """Run node `node_id` of `exp` until its last round; returns the exit code."""
+def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: str | None = None,
+             state_dir: str | None = None) -> int:
+    """Run node `node_id` of `exp` until its last round; returns the exit code: 0 when the
+    run completed (or this node finished its part), 1 when the run failed, the node failed,
+    or the coordinator was lost (the node then saves its state under `state_dir`)."""
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s node{node_id}: %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
@@ -79,12 +82,20 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
         node.heartbeat(time.monotonic(), force=True)
         if not node.reported_done:  # workers and relays: tell the monitor this exit is expected
             node.report("done", {"state": node.state, "rounds_completed": node.round})
+        if node.stop_state and node.stop_state != "COMPLETED":
+            log.error("the run ended %s: %s (this node stopped after %d rounds)", node.stop_state, node.stop_reason, node.round)
+            return 1
         log.info("finished: %s after %d rounds", node.state, node.round)
         return 0
+    except CoordinatorLost as exc:
+        node.state = "failed"
+        log.error("failed: %s", exc)
+        _save_own_state(node, state_dir or run_dir)
+        return 1
     except Exception as exc:
         node.state = "failed"
         log.error("failed: %s", exc, exc_info=not isinstance(exc, ByzctlError))
-        try:
+        try:  # the monitor records the real cause, before or after this node joined
             node.report("done", {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         except Exception:  # noqa: BLE001 - the monitor may be gone already
             pass
@@ -95,3 +106,20 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
     finally:
         node.close()
         _orphaned(parent, run_dir, node_id)
+
+
+def _save_own_state(node: NodeRuntime, folder: str | None) -> None:
+    """The coordinator is gone: keep this node's resumable state on its own disk."""
+    from byzctl.launch.checkpoints import write_checkpoint
+
+    if not node.welcomed:
+        return
+    completed, state = node.interrupt_states()[0]
+    tensors = {k: v.clone() for k, v in state.items() if v is not None}  # (d,) each; params may alias prev_agg
+    where = Path(folder or ".") / "checkpoints" / f"node{node.spec.id}"
+    try:
+        path = write_checkpoint(where, completed, {node.spec.id: (completed, tensors)}, keep=2)
+    except OSError as exc:
+        log.error("could not save this node's state under %s: %s", where, exc)
+        return
+    log.info("saved this node's state after round %d to %s", completed, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any, cast
 
 import torch
@@ -64,6 +65,10 @@ class Peer(NodeRuntime):
         self.f = exp.aggregator.resolve_f(exp.byzantine)
         self.eval_row: dict[str, Any] = {}
         self.skipped = 0
+        self.outbox: dict[int, deque[tuple[float, Message]]] = {}
+        """Vectors whose send queue was full, per recipient in order, each with its
+        deadline (round_timeout): sent as the queue drains, never dropped silently."""
+        self.send_drops = 0
 
     def endpoints(self) -> dict[str, str]:
         return self.links.endpoints()
@@ -130,6 +135,7 @@ class Peer(NodeRuntime):
         ], gathers)
 
     def _begin_round(self) -> None:
+        self.snapshot()
         self.run = DagRun(self._dag(), self.pool, self.wake_w)
         self.round_t0 = time.monotonic()
         self.quorum_t: float | None = None
@@ -148,10 +154,29 @@ class Peer(NodeRuntime):
     def _send_all(self, vec: Tensor) -> Tensor:
         msg = self.msg("vector", tensors=[vec])
         for j in self.outs:
-            if not self.links.send(j, msg):
-                log.debug("round %d: send to %d dropped (queue full or gone)", self.round, j)
+            self._post(j, msg)
         self.loss = self.learner.last_loss
         return vec
+
+    def _post(self, to: int, msg: Message) -> None:
+        """Send now, or queue behind what waits for `to` (its queue is full)."""
+        box = self.outbox.get(to)
+        if box or not self.links.send(to, msg):
+            self.outbox.setdefault(to, deque()).append((time.monotonic() + self.topo.round_timeout, msg))
+
+    def _flush(self, now: float) -> None:
+        for to, box in list(self.outbox.items()):
+            while box and (to in self.lost or box[0][0] < now):
+                box.popleft()
+                if to not in self.lost:
+                    self.send_drops += 1
+                    self.dropped += 1
+                    log.warning("round %d: a vector for node %d waited round_timeout=%ss for a full queue and was dropped "
+                                "(%d so far)", self.round, to, self.topo.round_timeout, self.send_drops)
+            while box and self.links.send(to, box[0][1]):
+                box.popleft()
+            if not box:
+                del self.outbox[to]
 
     def _aggregate(self, own: Tensor, received: dict[int, Tensor]) -> Tensor:
         x = torch.stack([own, *by_id(received)]).to(self.exp.device)  # (1 + k, d)
@@ -210,7 +235,7 @@ class Peer(NodeRuntime):
 
     def _send_attack(self, vecs: dict[int, Tensor]) -> None:
         for j, vec in vecs.items():
-            self.links.send(j, self.msg("vector", tensors=[vec.to(self.params.dtype)]))
+            self._post(j, self.msg("vector", tensors=[vec.to(self.params.dtype)]))
         self.loss = self.learner.last_loss
 
     def _byz_update(self, _sent: None, own: Tensor) -> Tensor:
@@ -240,20 +265,24 @@ class Peer(NodeRuntime):
             self.dropped += 1  # stale, or too far ahead
 
     def next_deadline(self) -> float | None:
+        if self.outbox:
+            return time.monotonic() + 0.01
         if self.quorum_t is not None:
             return self.quorum_t + self.topo.quorum_deadline
         return self.round_t0 + self.topo.round_timeout
 
     def on_tick(self, now: float) -> None:
+        self._flush(now)
         run = self.run
         if "neigh" not in run.values:
             spec = run.dag.gathers["neigh"]
+            lost = set(spec.expected) & self.lost  # a lost neighbour lowers the quorum too
             if set(spec.expected) - self.lost <= set(run.partial["neigh"]):
                 run.close("neigh", force=True)  # every live neighbour answered
-            elif run.arrived("neigh") >= spec.minimum:
+            elif run.arrived("neigh") >= spec.minimum - len(lost):
                 self.quorum_t = self.quorum_t or now
                 if now - self.quorum_t >= self.topo.quorum_deadline:
-                    run.close("neigh")
+                    run.close("neigh", force=True)
             elif now - self.round_t0 >= self.topo.round_timeout:
                 missing = sorted(cast("set[int]", set(spec.expected) - set(run.partial["neigh"])))  # node ids
                 log.warning("round %d: round_timeout with neighbours %s missing; going on with %d", self.round, missing, run.arrived("neigh"))
@@ -269,5 +298,7 @@ class Peer(NodeRuntime):
 
     def close(self) -> None:
         # Let the last round's vectors reach slower neighbours before the sockets go.
-        self.links.close(linger_ms=2000 if self.state == "done" else 0)
+        links = self.__dict__.get("links")  # None when setup failed before making them
+        if links is not None:
+            links.close(linger_ms=2000 if self.state == "done" else 0)
         super().close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent import futures
 from typing import Any, cast
 
 import torch
@@ -90,6 +91,7 @@ class PsServer(NodeRuntime):
     def _begin_round(self) -> None:
         last = self.round + 1 == self.exp.cfg.rounds
         due = (self.round + 1) % self.exp.cfg.eval_every == 0 or last
+        self.snapshot()
         self.run = DagRun(self._dag(due), self.pool, self.wake_w)
         self.round_t0 = time.monotonic()
         self.quorum_t: dict[str, float] = {}
@@ -128,7 +130,6 @@ class PsServer(NodeRuntime):
 
     def _broadcast(self, row: dict[str, Any] | None) -> None:
         if row is not None:
-            self.loss = row["test_loss"]
             self.eval_row = row
             row = {**row, "node": self.spec.id, "role": "server", "time": time.monotonic() - self.started_at}
             log.info("[round %04d] test loss=%.4f acc=%.4f", row["round"], row["test_loss"], row["test_accuracy"])
@@ -181,13 +182,11 @@ class PsServer(NodeRuntime):
             log.info("worker %d rejoined", msg.sender)
 
     def wait_for_workers(self) -> None:
-        deadline = time.monotonic() + self.topo.join_timeout
-        while len(self.idents) < len(self.workers):
-            if time.monotonic() > deadline:
-                missing = sorted(set(self.workers) - set(self.idents.values()))
-                raise PeerError(f"workers {missing} did not connect to the server within {self.topo.join_timeout}s")
-            if self.sock.poll(100):
-                self._drain(self.sock, True)
+        def missing() -> str:
+            ids = sorted(set(self.workers) - self.lost - set(self.idents.values()))
+            return f"workers {ids} did not connect to the server within {self.topo.join_timeout}s"
+
+        self.wait_for(self.sock, lambda: set(self.workers) - self.lost <= set(self.idents.values()), self.topo.join_timeout, missing)
 
     def next_deadline(self) -> float | None:
         times = [t + self.topo.quorum_deadline for t in self.quorum_t.values()]
@@ -279,6 +278,7 @@ class PsWorker(NodeRuntime):
         sockets.send(self.sock, self.msg("vector", tensors=[vec.to(torch.float32) if vec.dtype != torch.float32 else vec]))
         self.loss = self.learner.last_loss
         self.computed = self.round + 1
+        self.round = self.computed  # rounds this worker completed (its heartbeats and final report)
         if self.checkpoint_due(self.computed):
             self.send_state(self.computed, self.resumable())
 
@@ -286,11 +286,12 @@ class PsWorker(NodeRuntime):
         return {"m": self.learner.m}
 
     def interrupt_states(self) -> list[tuple[int, dict[str, Any]]]:
-        # Let a gradient in flight finish, so the momentum and its round agree.
+        # Let the round in flight run until it waits for an input, so the momentum and
+        # its round agree: advance() may start the next heavy op, which writes the momentum.
         if self.pending is not None:
-            for fut in list(self.pending.running.values()):
-                fut.result()
-            self.pending.advance()
+            while self.pending.running and self.pending.error is None:
+                futures.wait(list(self.pending.running.values()))
+                self.pending.advance()
         # The server may not have finished our last round: offer the state before it too.
         return [(self.computed, {"m": self.learner.m}), (self.computed - 1, {"m": self.learner.m_prev})]
 

@@ -8,10 +8,13 @@ never decodes a payload, computes nothing and keeps nothing.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 
 import zmq
 
 from byzctl.errors import WireError
+from byzctl.node.peer import WINDOW
 from byzctl.node.runtime import NodeRuntime, identity
 from byzctl.node.shards import Shard
 from byzctl.transport import curve, sockets
@@ -20,15 +23,27 @@ from byzctl.transport.wire import decode
 log = logging.getLogger("byzctl.node")
 
 
+RETRY_S = 0.01
+"""How often a relay with messages waiting for a full queue tries them again."""
+
+
 class HubRelay(NodeRuntime):
     def setup(self, shard: Shard | None) -> None:
-        self.sock = sockets.router(self.ctx, sndhwm=max(self.topo.sndhwm * 4, 16), max_bytes=self.max_bytes)
+        self.graph = self.exp.neighbours()
+        # Every in-neighbour may be up to WINDOW rounds ahead of a slow recipient: the
+        # queue to one peer holds that many rounds of its in-neighbours' vectors.
+        k = max((len(v) for v in self.graph.values()), default=1)
+        self.sock = sockets.router(self.ctx, sndhwm=max(self.topo.sndhwm, (k + 1) * (WINDOW + 1)), max_bytes=self.max_bytes)
         self.bound = self.bind_here(self.sock)
         self.poller.register(self.sock, zmq.POLLIN)
-        self.graph = self.exp.neighbours()
         self.names: dict[bytes, int] = {}  # routing id -> node id, from authenticated hellos
         self.routes: dict[int, bytes] = {}  # node id -> routing id
+        self.waiting: dict[int, deque[tuple[float, list[zmq.Frame]]]] = {}
+        """Messages to a peer whose hello has not arrived yet or whose queue is full, in
+        order, each with its deadline (round_timeout): delivered later, never dropped silently."""
+        self.limit = (k + 1) * (WINDOW + 1) * 4
         self.forwarded = 0
+        self.drops: dict[str, int] = {}
 
     def endpoints(self) -> dict[str, str]:
         return {"relay": self.bound}
@@ -47,16 +62,56 @@ class HubRelay(NodeRuntime):
                 self._hello(src, frames[1], frames[2:])
                 continue
             sender, to = self.names.get(src), _node_of(dest)
-            if sender is not None and to in self.routes and sender in self.graph.get(to, set()):
-                try:
-                    # stamp the true sender; the recipient trusts the relay for it
-                    self.sock.send_multipart([self.routes[to], identity(sender), *frames[2:]], flags=zmq.NOBLOCK, copy=False)
-                    self.forwarded += 1
-                except (zmq.Again, zmq.ZMQError):
-                    self.dropped += 1
+            if sender is not None and to is not None and sender in self.graph.get(to, set()):
+                # stamp the true sender; the recipient trusts the relay for it
+                self._forward(to, [identity(sender), *frames[2:]])
             else:
-                self.dropped += 1
-                log.warning("relay dropped a message %r -> %r (unknown peer or no such edge)", src, dest)
+                self._drop("unknown sender or no such edge")
+        self._flush(now)
+
+    def _forward(self, to: int, frames: list[zmq.Frame]) -> None:
+        box = self.waiting.get(to)
+        if box:  # keep each recipient's messages in order behind those already waiting
+            self._wait(to, frames)
+            return
+        if to not in self.routes or not self._send(to, frames):
+            self._wait(to, frames)
+
+    def _send(self, to: int, frames: list[zmq.Frame]) -> bool:
+        try:
+            self.sock.send_multipart([self.routes[to], *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False  # gone for now: a restarted peer says hello again
+        self.forwarded += 1
+        return True
+
+    def _wait(self, to: int, frames: list[zmq.Frame]) -> None:
+        box = self.waiting.setdefault(to, deque())
+        if len(box) >= self.limit:
+            self._drop(f"queue to node {to} over {self.limit} messages")
+            box.popleft()
+        box.append((time.monotonic() + self.topo.round_timeout, frames))
+
+    def _flush(self, now: float) -> None:
+        for to, box in list(self.waiting.items()):
+            while box and box[0][0] < now:
+                box.popleft()
+                self._drop(f"node {to} took none of its messages for round_timeout={self.topo.round_timeout}s")
+            while box and to in self.routes and self._send(to, box[0][1]):
+                box.popleft()
+            if not box:
+                del self.waiting[to]
+
+    def _drop(self, why: str) -> None:
+        """Count a dropped message; warn at the first of each reason and every 100th."""
+        self.dropped += 1
+        n = self.drops[why] = self.drops.get(why, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning("relay dropped %d message(s) so far: %s", n, why)
 
     def _hello(self, src: bytes, first: zmq.Frame, frames: list[zmq.Frame]) -> None:
         try:
@@ -70,11 +125,17 @@ class HubRelay(NodeRuntime):
             self.names = {k: v for k, v in self.names.items() if v != msg.sender}
             self.names[src] = msg.sender
             self.routes[msg.sender] = src
+            self._flush(time.monotonic())  # what its in-neighbours sent before this hello
         else:
             log.warning("relay refused hello from %r claiming node %s (hash %s)", src, msg.sender, msg.meta.get("hash"))
 
     def next_deadline(self) -> float | None:
-        return None
+        return time.monotonic() + RETRY_S if self.waiting else None
+
+    def on_peer_event(self, node: int, back: bool, endpoints: dict[str, str]) -> None:
+        super().on_peer_event(node, back, endpoints)
+        if not back:  # a lost peer takes nothing more: forget what waited for it
+            self.waiting.pop(node, None)
 
 
 def _node_of(ident: bytes) -> int | None:

@@ -63,6 +63,14 @@ class NodeRuntime:
         self.rejoin_round = 0
         self.reported_done = False
         self._next_heartbeat = 0.0
+        self.welcomed = False
+        self.monitor_seen = time.monotonic()
+        """When the monitor last sent anything (its heartbeats): after peer_timeout of
+        silence the coordinator is gone and this node stops."""
+        self.stop_state = ""
+        self.round_state: dict[str, Any] | None = None
+        """The run's state when the monitor stopped this node (COMPLETED, FAILED, ...)."""
+        self.stop_reason = ""
 
     # -- sockets -------------------------------------------------------------------
     def add_socket(self, sock: zmq.Socket, *, routed: bool) -> None:
@@ -107,46 +115,71 @@ class NodeRuntime:
 
     # -- control plane -------------------------------------------------------------------
     def join(self, endpoints: dict[str, str]) -> dict[int, dict[str, Any]]:
-        """Hello to the monitor; returns the peer table {id: {role, endpoints}}."""
+        """Hello to the monitor; returns the peer table {id: {role, endpoints}}.
+
+        Waits up to join_timeout for the others to join, heartbeating all the while: a
+        node that is alive and waiting is never declared lost, however late the rest."""
         meta = {"role": self.spec.role.value, "hash": self.exp.hash, "endpoints": endpoints, "pid": os.getpid()}
         sockets.send(self.control, self.msg("hello", meta=meta))
-        deadline = time.monotonic() + self.topo.join_timeout
-        while time.monotonic() < deadline:
-            if not self.control.poll(100):
-                continue
-            _, reply = sockets.recv(self.control, routed=False, max_bytes=self.max_bytes)
-            if reply.kind == "refuse":
-                raise HandshakeError(str(reply.meta.get("reason")))
-            if reply.kind == "stop":
-                raise PeerError(f"monitor stopped the run before it began: {reply.meta.get('reason', '')}")
-            if reply.kind == "welcome":
-                self.run_id = str(reply.meta.get("run", self.run_id))  # a remote node learns it here
-                resume = reply.meta.get("resume")
-                if resume is not None:
-                    self.restore(dict(zip(resume["names"], reply.tensors)), int(resume["round"]))
-                    log.info("resumed after round %d", self.round)
-                elif int(reply.meta.get("round", 0)) > 0:
-                    self.rejoin_round = int(reply.meta["round"])
-                return {int(k): v for k, v in reply.meta["peers"].items()}
-        raise PeerError(f"node {self.spec.id}: no answer from the monitor within join_timeout={self.topo.join_timeout}s")
+        reply = self.await_control("welcome", "the peer table (the other nodes did not all join)")
+        self.welcomed = True
+        self.run_id = str(reply.meta.get("run", self.run_id))  # a remote node learns it here
+        resume = reply.meta.get("resume")
+        if resume is not None:
+            self.restore(dict(zip(resume["names"], reply.tensors)), int(resume["round"]))
+            log.info("resumed after round %d", self.round)
+        elif int(reply.meta.get("round", 0)) > 0:
+            self.rejoin_round = int(reply.meta["round"])
+        return {int(k): v for k, v in reply.meta["peers"].items()}
 
     def fetch_shard(self) -> Any:
         """dataset.ship: ask the monitor for this node's data instead of loading it here."""
         from byzctl.node.shards import Shard
 
         sockets.send(self.control, self.msg("shard", meta={"hash": self.exp.hash}))
+        reply = self.await_control("shard", "its data shard")
+        if len(reply.tensors) != 4:
+            raise PeerError(f"node {self.spec.id}: the monitor sent a shard of {len(reply.tensors)} tensors, not 4")
+        x, y, xt, yt = (t.clone() for t in reply.tensors)
+        log.info("shard received over the wire: %d training samples", len(y))
+        return Shard(x, y, xt, yt, int(reply.meta["num_classes"]), tuple(reply.meta["input_shape"]))
+
+    def await_control(self, kind: str, what: str) -> Message:
+        """The monitor's next `kind` reply, waiting up to join_timeout and heartbeating
+        meanwhile. A refusal raises HandshakeError, a stop PeerError, both with the reason."""
         deadline = time.monotonic() + self.topo.join_timeout
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
+            self.heartbeat(now)
             if not self.control.poll(100):
                 continue
-            _, reply = sockets.recv(self.control, routed=False, max_bytes=self.max_bytes)
+            try:
+                _, reply = sockets.recv(self.control, routed=False, max_bytes=self.max_bytes)
+            except WireError as exc:
+                log.warning("dropped malformed control message: %s", exc)
+                continue
+            self.monitor_seen = time.monotonic()
             if reply.kind == "refuse":
                 raise HandshakeError(str(reply.meta.get("reason")))
-            if reply.kind == "shard" and len(reply.tensors) == 4:
-                x, y, xt, yt = (t.clone() for t in reply.tensors)
-                log.info("shard received over the wire: %d training samples", len(y))
-                return Shard(x, y, xt, yt, int(reply.meta["num_classes"]), tuple(reply.meta["input_shape"]))
-        raise PeerError(f"node {self.spec.id}: the monitor sent no shard within join_timeout={self.topo.join_timeout}s")
+            if reply.kind == "stop":
+                self.stop_state = str(reply.meta.get("state") or "FAILED")
+                raise PeerError(f"the monitor stopped the run before it began: {reply.meta.get('reason', '')}")
+            if reply.kind == kind:
+                return reply
+        raise PeerError(f"node {self.spec.id}: no {what} from the monitor within join_timeout={self.topo.join_timeout}s")
+
+    def wait_for(self, sock: zmq.Socket, done: Any, timeout: float, what: str) -> None:
+        """Serve `sock` until `done()` holds, heartbeating meanwhile; PeerError naming
+        `what()` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            now = time.monotonic()
+            if now > deadline:
+                raise PeerError(what())
+            self.heartbeat(now)
+            if self.control.poll(0):
+                self._drain_control()
+            if sock.poll(100):
+                self._drain(sock, True)
 
     def heartbeat(self, now: float, *, force: bool = False) -> None:
         if force or now >= self._next_heartbeat:
@@ -199,6 +232,7 @@ class NodeRuntime:
     def round_done(self) -> None:
         """A round's DAG finished: count it, checkpoint if due, then finish or begin the next."""
         self.round += 1
+        self.snapshot()
         if self.checkpoint_due(self.round):
             self.send_state(self.round, self.resumable())
         if self.round >= self.exp.cfg.rounds:
@@ -221,9 +255,15 @@ class NodeRuntime:
         """This role's resumable state now (tensors by name)."""
         return {}
 
+    def snapshot(self) -> None:
+        """Keep the state at the start of a round: an interrupt that lands mid-round (the
+        parameters stepped, the evaluation still running, the round not yet counted) must
+        save the state of the round it names, not half of the next one."""
+        self.round_state = self.resumable()
+
     def interrupt_states(self) -> list[tuple[int, dict[str, Any]]]:
         """(completed rounds, state) pairs to save when the run is interrupted."""
-        return [(self.round, self.resumable())]
+        return [(self.round, self.round_state if self.round_state is not None else self.resumable())]
 
     def restore(self, state: dict[str, Any], round: int) -> None:
         """Continue from a checkpoint: `round` rounds were completed."""
@@ -281,6 +321,9 @@ class NodeRuntime:
             if not self.finished:
                 self.on_tick(now)
             self.heartbeat(now)
+            if not self.finished and now - self.monitor_seen > self.topo.peer_timeout:
+                raise CoordinatorLost(f"node {self.spec.id}: the monitor sent nothing for {now - self.monitor_seen:.0f}s "
+                                      f"(topology.peer_timeout={self.topo.peer_timeout}): the coordinator is gone")
 
     def _drain(self, sock: zmq.Socket, routed: bool) -> None:
         authenticate = self.ring is not None and sock.type == zmq.ROUTER
@@ -313,8 +356,11 @@ class NodeRuntime:
             except WireError as exc:
                 log.warning("dropped malformed control message: %s", exc)
                 continue
+            self.monitor_seen = time.monotonic()
             if msg.kind == "stop":
-                log.info("stopped by the monitor: %s", msg.meta.get("reason", ""))
+                self.stop_state = str(msg.meta.get("state") or "")
+                self.stop_reason = str(msg.meta.get("reason", ""))
+                log.info("stopped by the monitor: %s", self.stop_reason)
                 if msg.meta.get("checkpoint"):
                     for completed, state in self.interrupt_states():
                         self.send_state(completed, state)
@@ -334,6 +380,10 @@ class NodeRuntime:
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
         self.ctx.destroy(linger=0)
+
+
+class CoordinatorLost(PeerError):
+    """The monitor stopped answering: the node saves its state and exits non-zero."""
 
 
 def identity(node_id: int) -> bytes:

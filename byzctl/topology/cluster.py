@@ -11,8 +11,19 @@ and for `topology=ps` (or the relay of `topology=hub`):
     workers: [{id: 1, host: 10.0.0.2, port: 9000, type: honest, data_shard: 0}, ...]
 
 Ids are byzctl's node ids: in ps the server is node 0 and workers are 1..n; in
-decentralized runs peers are 0..n-1 and the hub relay is node n. Honest nodes come
-first, so `type` must agree with `nodes.honest` / `nodes.byzantine`.
+decentralized runs peers are 0..n-1 and the hub relay is node n. A ps file that numbers
+its workers from 0, as the seeds' files do, is read as workers 1..n in the same order
+(byzctl's id = the file's id + 1). Honest nodes come first, so `type` must agree with
+`nodes.honest` / `nodes.byzantine`.
+
+The seeds' files also carry training settings, which `byzctl run` applies as overrides
+(`settings()`; an override typed on the command line wins):
+
+    training:    {rounds, batch_size, learning_rate, momentum}
+    aggregation: {method: coordinate_wise_median | multi_krum | <any byzctl aggregator>, krum_f, krum_q}
+    workers/nodes: [{..., attack_scale: -1.0}]   # a Byzantine node's sign-flip scale
+
+Any other key is an error naming it and the known ones.
 """
 
 from __future__ import annotations
@@ -29,6 +40,15 @@ from byzctl.errors import ConfigError
 from byzctl.topology.base import NodeSpec, Role
 
 DEFAULT_MONITOR_PORT = 29400
+
+TOP_KEYS = ("monitor", "server", "workers", "nodes", "training", "aggregation")
+NODE_KEYS = ("id", "host", "port", "type", "bind_host", "data_shard", "attack_scale")
+PLACE_KEYS = ("host", "port", "bind_host")
+TRAINING = {"rounds": "rounds", "batch_size": "batch_size", "learning_rate": "lr", "momentum": "momentum"}
+"""The seeds' training keys -> byzctl's config keys."""
+AGGREGATION = {"coordinate_wise_median": "cw_median", "multi_krum": "multi_krum", "krum": "krum",
+               "coordinate_wise_trimmed_mean": "cw_trimmed_mean", "geometric_median": "geometric_median"}
+"""The seeds' aggregation methods -> byzctl aggregators (byzctl's own names are accepted too)."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +90,26 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cluster file {str(path)!r} cannot be parsed: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"cluster file {str(path)!r} must hold a mapping with 'nodes' or 'server'/'workers'")
+    _known(data, TOP_KEYS, "the file", path)
+    for section in ("training", "aggregation"):
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"cluster file {str(path)!r}: '{section}' must be a mapping, got {data[section]!r}")
+    _known(data.get("training") or {}, tuple(TRAINING), "training", path)
+    _known(data.get("aggregation") or {}, ("method", "krum_f", "krum_q"), "aggregation", path)
     return data
+
+
+def _known(entry: dict[str, Any], known: tuple[str, ...], what: str, path: Path) -> None:
+    """A key byzctl does not know (a typo such as `tpye`) is an error, never dropped."""
+    unknown = sorted(str(k) for k in entry if k not in known)
+    if unknown:
+        raise ConfigError(f"cluster file {str(path)!r}: unknown key {unknown[0]!r} in {what}; known keys: {', '.join(known)}")
 
 
 def _place(entry: Any, what: str, path: Path) -> Place:
     if not isinstance(entry, dict) or "host" not in entry or "port" not in entry:
         raise ConfigError(f"cluster file {str(path)!r}: {what} needs host and port, got {entry!r}")
+    _known(entry, NODE_KEYS if what.startswith("node") else PLACE_KEYS, what, path)
     port = entry["port"]
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"cluster file {str(path)!r}: {what} has bad port {port!r}")
@@ -95,13 +129,10 @@ def load_cluster(path: str | Path, plan: list[NodeSpec]) -> Cluster:
         if "server" not in data:
             raise ConfigError(f"cluster file {str(path)!r} needs a 'server' entry for the {central[0].role.value} (node {central[0].id})")
         places[central[0].id] = _place(data["server"], "server", path)
-    entries = data.get("workers") if "workers" in data else data.get("nodes")
-    if not isinstance(entries, list):
-        raise ConfigError(f"cluster file {str(path)!r} needs a list of 'nodes' (or 'workers' for ps)")
+    entries = _entries(data, path)
+    shift = 1 if zero_based(data) and any(s.role is Role.server for s in plan) else 0
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
-            raise ConfigError(f"cluster file {str(path)!r}: every node needs an integer id, got {entry!r}")
-        node_id = entry["id"]
+        node_id = entry["id"] + shift
         if node_id in places:
             raise ConfigError(f"cluster file {str(path)!r}: duplicate node id {node_id}")
         spec = by_id.get(node_id)
@@ -119,6 +150,65 @@ def load_cluster(path: str | Path, plan: list[NodeSpec]) -> Cluster:
         raise ConfigError(f"cluster file {str(path)!r} does not place nodes {missing}")
     mon = data.get("monitor") or {"host": places[min(places)].host, "port": DEFAULT_MONITOR_PORT}
     return Cluster(path=path, monitor=_place(mon, "monitor", path), places=places, shards=shards)
+
+
+def _entries(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    entries = data.get("workers") if "workers" in data else data.get("nodes")
+    if not isinstance(entries, list):
+        raise ConfigError(f"cluster file {str(path)!r} needs a list of 'nodes' (or 'workers' for ps)")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or isinstance(entry.get("id"), bool):
+            raise ConfigError(f"cluster file {str(path)!r}: every node needs an integer id, got {entry!r}")
+    return entries
+
+
+def zero_based(data: dict[str, Any]) -> bool:
+    """A ps file in the seeds' numbering: a `server` entry apart and `workers` from id 0."""
+    workers = data.get("workers")
+    return "server" in data and isinstance(workers, list) and any(isinstance(w, dict) and w.get("id") == 0 for w in workers)
+
+
+def node_id_of_worker(path: str | Path, worker: int) -> int:
+    """byzctl's node id of ps worker `worker` as the cluster file numbers it (`--worker-id`)."""
+    path = Path(path).expanduser()
+    return worker + 1 if zero_based(_read(path)) else worker
+
+
+def monitor_endpoint(path: str | Path) -> str:
+    """Where a node of this cluster file reaches the monitor, read before the run's config
+    is known (the same default as `load_cluster`: the lowest id's host, port 29400)."""
+    path = Path(path).expanduser()
+    data = _read(path)
+    if "monitor" in data:
+        return _place(data["monitor"], "monitor", path).advertised
+    first = data["server"] if "server" in data else min(_entries(data, path), key=lambda e: e["id"], default=None)
+    if first is None:
+        raise ConfigError(f"cluster file {str(path)!r} places no node")
+    return _place({"host": first.get("host"), "port": DEFAULT_MONITOR_PORT} if isinstance(first, dict) else first, "monitor", path).advertised
+
+
+def settings(path: str | Path) -> list[tuple[str, Any, str]]:
+    """The run settings a seeds' cluster file carries, as (byzctl key, value, where in
+    the file) overrides; `byzctl run` applies them unless the command line sets the key."""
+    path = Path(path).expanduser()
+    data = _read(path)
+    out: list[tuple[str, Any, str]] = []
+    for key, value in (data.get("training") or {}).items():
+        out.append((TRAINING[key], value, f"training.{key}"))
+    agg = data.get("aggregation") or {}
+    if "method" in agg:
+        method = str(agg["method"])
+        out.append(("aggregator", AGGREGATION.get(method, method), "aggregation.method"))
+    if "krum_f" in agg:
+        out.append(("aggregator.f", agg["krum_f"], "aggregation.krum_f"))
+    if "krum_q" in agg:
+        out.append(("aggregator.m", agg["krum_q"], "aggregation.krum_q"))
+    scales = {e["attack_scale"] for e in _entries(data, path) if "attack_scale" in e}
+    if len(scales) > 1:
+        raise ConfigError(f"cluster file {str(path)!r}: attack_scale differs between nodes ({sorted(scales)}); byzctl runs one attack config per run")
+    if scales:
+        out += [("attack", "sign_flip", "attack_scale"), ("attack.scale", scales.pop(), "attack_scale")]
+    return out
 
 
 def is_local_host(host: str) -> bool:

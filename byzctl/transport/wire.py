@@ -35,7 +35,7 @@ KINDS = frozenset(
         "hello",  # node -> monitor / worker -> server: id, role, config hash, endpoints
         "welcome",  # accepted hello; monitor -> node carries the peer table
         "refuse",  # rejected hello, with the reason
-        "heartbeat",  # node -> monitor: round, loss, state
+        "heartbeat",  # node -> monitor: round, loss, state; monitor -> node: the coordinator is alive
         "metric",  # node -> monitor: one evaluation row
         "done",  # node -> monitor: final figures
         "stop",  # monitor/server -> node: finish now
@@ -45,6 +45,7 @@ KINDS = frozenset(
         "shard",  # coordinator -> node: its data shard (dataset.ship)
         "lost",  # monitor -> nodes: a node was lost (or is back), so stop waiting for it
         "state",  # node -> monitor: its resumable state for a checkpoint
+        "config",  # node -> monitor: its explicit overrides; monitor -> node: the run's resolved config
     }
 )
 
