@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import byzctl, read, run_dir
 from test_e2e_ps import _start
@@ -78,6 +79,7 @@ def test_resume_of_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "not a byzctl run directory" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_interrupts_then_resume_still_end_bit_for_bit_equal(tmp_path):
     """Interrupts that land mid-round (eval_every=7: the parameters stepped while the
     evaluation runs) must save the state of the round the checkpoint names."""

@@ -20,6 +20,21 @@ class Role(str, Enum):
     peer = "peer"
     relay = "relay"
 
+    @property
+    def central(self) -> bool:
+        """The run cannot go on without this node (the ps server, the hub relay)."""
+        return self in (Role.server, Role.relay)
+
+    @property
+    def evaluates(self) -> bool:
+        """This node evaluates models and finishes the run (server, peers)."""
+        return self in (Role.server, Role.peer)
+
+    @property
+    def trains(self) -> bool:
+        """This node trains on a data shard (workers, peers)."""
+        return self in (Role.worker, Role.peer)
+
 
 @dataclass(frozen=True)
 class NodeSpec:
