@@ -436,8 +436,8 @@ def heatmap_rule_attack(wc: WorstCase, jobs: list[Job], path: Path) -> None:
     title = "final test accuracy" + (f" (mean over {', '.join(ctx)})" if ctx else "")
     marks = None
     if not any(j.context for j in jobs):  # each cell holds seeds only: its interval means something
-        cell_grid = [[table.get((r, a)) for a in wc.attacks] + [wc.worst_cell((r, ()))] for r in rules]
-        bests = [_best([row[k] for row in cell_grid if row[k] is not None]) for k in range(len(cols))]
+        cell_grid: list[list[Cell | None]] = [[table.get((r, a)) for a in wc.attacks] + [wc.worst_cell((r, ()))] for r in rules]
+        bests = [_best([c for row in cell_grid if (c := row[k]) is not None]) for k in range(len(cols))]
         marks = [[c is not None and ties_best(c, bests[k]) and c.n > 1 for k, c in enumerate(row)] for row in cell_grid]
         if any(any(m) for m in marks):
             title += "; * 95% CI overlaps the column's best"
