@@ -75,6 +75,13 @@ def test_geometric_median_first_iterate_from_each_start():
     # both converge to the median, 2
     assert geometric_median(x, init="zero", max_iter=500, tol=0.0).item() == pytest.approx(2.0, abs=1e-4)
     assert GeometricMedian().init.value == "mean"
+    with pytest.raises(RuleError, match=r"init must be one of \['mean', 'zero'\]. Got init='median'"):
+        geometric_median(x, init="median")
+
+
+def test_unknown_neighbour_form_names_the_value():
+    with pytest.raises(RuleError, match=r"krum: neighbours must be one of \['n_f_2', 'n_f_1'\]. Got neighbours='n-f-1'"):
+        krum(X5, f=1, neighbours="n-f-1")
 
 
 # -- the first momentum -----------------------------------------------------------------------

@@ -55,7 +55,7 @@ def geometric_median(
         return weighted_sum(x, torch.full((n,), 1.0 / n, dtype=torch.float64), ok)  # all non-finite
     sq = g.diagonal()  # (n,)
     # (n,) z = sum_i w_i x_i: the mean of the good rows, or 0 (all weights 0)
-    w = good / good.sum() if Init(init) is Init.mean else torch.zeros(n, dtype=torch.float64)
+    w = good / good.sum() if _init(init) is Init.mean else torch.zeros(n, dtype=torch.float64)
     with serial():
         obj = _objective(g, sq, w, good)
         for _ in range(max_iter):
@@ -68,6 +68,13 @@ def geometric_median(
             if done:
                 break
     return weighted_sum(x, w, ok)  # (d,)
+
+
+def _init(value: Init | str) -> Init:
+    try:
+        return Init(value)
+    except ValueError:
+        raise RuleError(f"geometric_median: init must be one of {[m.value for m in Init]}. Got init={value!r}") from None
 
 
 def _distances(g: Tensor, sq: Tensor, w: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from byzctl.aggregators._gram import check_float, gram, serial, smallest, sq_distances
 from byzctl.aggregators.base import Aggregator, check_matrix
-from byzctl.errors import check_f
+from byzctl.errors import RuleError, check_f
 
 
 class Neighbours(str, Enum):
@@ -22,6 +22,14 @@ class Neighbours(str, Enum):
     n_f_1 = "n_f_1"
     """n - f - 1 neighbours (the n - f nearest counting the vector itself), needs n > 2f:
     ByzFL (LPD-EPFL/byzfl `Krum`, `MultiKrum`) and Allouah et al., "Fixing by mixing", AISTATS 2023."""
+
+    @classmethod
+    def of(cls, value: Neighbours | str, rule: str) -> Neighbours:
+        """`value` as a Neighbours, or RuleError naming it and the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise RuleError(f"{rule}: neighbours must be one of {[m.value for m in cls]}. Got neighbours={value!r}") from None
 
     @property
     def offset(self) -> int:
@@ -50,7 +58,7 @@ def krum(x: Tensor, *, f: int = 0, neighbours: Neighbours | str = Neighbours.n_f
         RuleError: unless n > 2f + 2 (n_f_2) or n > 2f (n_f_1).
     """
     n, _ = check_matrix(x, "krum")
-    form = Neighbours(neighbours)
+    form = Neighbours.of(neighbours, "krum")
     form.check(n, f, "krum")
     check_float(x, "krum")
     g, ok = gram(x)

@@ -31,7 +31,7 @@ def multi_krum(
         RuleError: unless n > 2f + 2 (n_f_2) or n > 2f (n_f_1), and 1 <= m <= n.
     """
     n, _ = check_matrix(x, "multi_krum")
-    form = Neighbours(neighbours)
+    form = Neighbours.of(neighbours, "multi_krum")
     form.check(n, f, "multi_krum")
     check_float(x, "multi_krum")
     m = n - f if m is None else m
