@@ -54,7 +54,9 @@ def _default(fl: dataclasses.Field[Any]) -> Any:
 
 
 def describe(kind: str) -> list[dict[str, Any]]:
-    """One entry per option: name, one-line doc, and parameters {name: {type, default, doc}}."""
+    """One entry per option: name, one-line doc, parameters {name: {type, default, doc}}, and for
+    rules, pre-aggregators and attacks the `paper` it implements and its `convention` where
+    implementations differ (each component's own class attributes)."""
     group = KINDS[kind]
     out = []
     for name, cls in options(group).items():
@@ -69,5 +71,8 @@ def describe(kind: str) -> list[dict[str, Any]]:
         fn = getattr(cls, "fn", None)
         doc = inspect.getdoc(fn) if fn is not None else inspect.getdoc(cls)
         first = " ".join((doc or "").split("\n\n")[0].split())
-        out.append({"name": name, "group": group, "doc": first, "params": params})
+        entry: dict[str, Any] = {"name": name, "group": group, "doc": first, "params": params}
+        if hasattr(cls, "paper"):
+            entry.update(paper=cls.paper, convention=getattr(cls, "convention", ""))
+        out.append(entry)
     return out

@@ -13,8 +13,15 @@ Writes `report.md`, `report.csv` and PNG figures (matplotlib, headless):
 - `curves_<rule>.png`: test accuracy and loss against rounds, one line per job;
 - `consensus.png` for decentralized runs (their metrics carry consensus_distance).
 
-Seeds are averaged; only COMPLETED jobs enter the aggregate tables and heatmaps (a
-failed or interrupted job is listed with its state and reason, never crashes the report).
+Seeds: jobs that differ only in `seed` form one cell (rule, other swept keys, attack).
+`report.md` gives each cell's mean, sample standard deviation, 95% confidence interval
+(Student t with n - 1 degrees of freedom, `t95`) and number of seeds n; `cells.csv` has one
+row per cell with those columns (`report.csv` keeps one row per job). The heatmaps show
+the mean and mark with * the cells whose interval overlaps that of the best cell they are
+compared with (the column's best rule; in the f x heterogeneity map, the best rule at that
+f and heterogeneity): with the seeds run, those cannot be told apart from the best.
+Only COMPLETED jobs enter the aggregate tables and heatmaps (a failed or interrupted job is
+listed with its state and reason, never crashes the report).
 """
 
 from __future__ import annotations
@@ -199,16 +206,60 @@ def runs_table(rows: list[dict[str, Any]], swept: list[str]) -> str:
     return md_table(header, body)
 
 
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+       2.052, 2.048, 2.045, 2.042)
+"""Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (standard tables)."""
+
+
+def t95(df: int) -> float:
+    """t_{0.975, df}: the table up to df = 30, then the Cornish-Fisher expansion around the
+    normal quantile 1.95996 (error below 1e-4 for df > 30), so no scipy is needed."""
+    if df < 1:
+        raise ValueError(f"t95 needs df >= 1. Got df={df}")
+    if df <= len(T95):
+        return T95[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 @dataclass
 class Cell:
-    """Mean final accuracy of the completed jobs behind one table cell (seeds averaged)."""
+    """Final accuracies of the completed jobs behind one table cell: one per seed."""
 
     values: list[float]
     states: list[str]
+    seeds: list[str] | None = None
+    """The seed of each value, where the jobs say."""
 
     @property
     def mean(self) -> float | None:
         return sum(self.values) / len(self.values) if self.values else None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1 in the denominator); None below 2 values."""
+        if self.n < 2:
+            return None
+        m = sum(self.values) / self.n
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """mean -/+ t95(n - 1) * std / sqrt(n); None below 2 values."""
+        if self.mean is None or self.std is None:
+            return None
+        half = t95(self.n - 1) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def overlaps(self, other: Cell) -> bool:
+        """True when both intervals exist and intersect."""
+        a, b = self.ci95, other.ci95
+        return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
     def text(self) -> str:
         if not self.values:
@@ -221,11 +272,12 @@ class Cell:
 
 
 def cells(jobs: list[Job], row_key: Any, col_key: Any) -> dict[tuple[Any, Any], Cell]:
-    out: dict[tuple[Any, Any], Cell] = defaultdict(lambda: Cell([], []))
+    out: dict[tuple[Any, Any], Cell] = defaultdict(lambda: Cell([], [], []))
     for j in jobs:
         c = out[(row_key(j), col_key(j))]
         if j.completed:
             c.values.append(j.run.accuracy)  # type: ignore[arg-type]
+            c.seeds.append(config_value(j.run, SEED_KEY))  # type: ignore[union-attr]
         else:
             c.states.append(j.run.state)
     return out
@@ -237,6 +289,11 @@ class WorstCase:
     """(rule, context) in decreasing worst-case accuracy."""
     attacks: list[str]
     table: dict[tuple[Any, Any], Cell]
+
+    def worst_cell(self, row: Any) -> Cell | None:
+        """The cell of the attack with the lowest mean accuracy for this row (None: no result)."""
+        got = [self.table[(row, a)] for a in self.attacks if (row, a) in self.table and self.table[(row, a)].mean is not None]
+        return min(got, key=lambda c: c.mean) if got else None  # type: ignore[arg-type, return-value]
 
     def worst(self, row: Any) -> tuple[float | None, str, bool]:
         """Lowest mean accuracy over attacks, the attack achieving it, and whether every attack had a result."""
@@ -277,6 +334,56 @@ def worst_case_table(wc: WorstCase) -> str:
     return md_table(header, body)
 
 
+def _best(candidates: list[Cell]) -> Cell | None:
+    done = [c for c in candidates if c.mean is not None]
+    return max(done, key=lambda c: c.mean) if done else None  # type: ignore[arg-type, return-value]
+
+
+def ties_best(cell: Cell, best: Cell | None) -> bool:
+    """True when `cell` is the best one or its 95% interval overlaps the best's."""
+    return best is not None and cell.mean is not None and (cell is best or cell.overlaps(best))
+
+
+def seed_rows(wc: WorstCase) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per cell (rule, other swept keys, attack): n, mean, std and 95% CI over the
+    seeds, and whether it ties the best rule under the same attack and other keys; then each
+    rule's worst case (attack `worst`, the worst attack's cell)."""
+    ctx_keys = list(dict.fromkeys(k for _, ctx in wc.rows for k, _ in ctx))
+    cols: dict[tuple[Any, str], list[tuple[Any, Cell]]] = defaultdict(list)
+    for row in wc.rows:
+        for att in wc.attacks:
+            if (row, att) in wc.table:
+                cols[(row[1], att)].append((row, wc.table[(row, att)]))
+        if (worst := wc.worst_cell(row)) is not None:
+            cols[(row[1], "worst")].append((row, worst))
+    order = {row: i for i, row in enumerate(wc.rows)}
+    keyed = []
+    for (ctx, att), entries in cols.items():
+        best = _best([c for _, c in entries])
+        for row, c in entries:
+            rule = row[0]
+            lo, hi = c.ci95 or (None, None)
+            keyed.append(((order[row], att == "worst", _attack_order(att)), {
+                "rule": rule, **{k: dict(ctx).get(k, "") for k in ctx_keys},
+                "attack": att if att != "worst" else f"worst ({wc.worst(row)[1]})",
+                "n": c.n, "mean": c.mean, "std": c.std, "ci95_low": lo, "ci95_high": hi,
+                "ties_best": ties_best(c, best), "seeds": " ".join(c.seeds or []), "not_completed": " ".join(c.states),
+            }))
+    rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+    return ctx_keys, rows
+
+
+def seeds_table(ctx_keys: list[str], rows: list[dict[str, Any]]) -> str:
+    header = ["rule", *ctx_keys, "attack", "n", "mean", "std", "95% CI", "ties best"]
+    body = []
+    for r in rows:
+        ci = "" if r["ci95_low"] is None else f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]"
+        std = "" if r["std"] is None else f"{r['std']:.4f}"
+        body.append([r["rule"], *(str(r[k]) for k in ctx_keys), r["attack"], str(r["n"]), _acc(r["mean"]), std, ci,
+                     "*" if r["ties_best"] and r["n"] > 1 else ""])
+    return md_table(header, body)
+
+
 # -- figures -----------------------------------------------------------------------------
 def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
     """A matplotlib Figure not attached to pyplot (headless, no global state)."""
@@ -289,8 +396,11 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_") or "run"
 
 
-def _heatmap(ax: Any, grid: list[list[float | None]], rows: list[str], cols: list[str], title: str) -> Any:
+def _heatmap(ax: Any, grid: list[list[float | None]], rows: list[str], cols: list[str], title: str,
+             marks: list[list[bool]] | None = None) -> Any:
+    """Means as colours and text; a cell with a mark gets '*' and a red frame (ties the best)."""
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     data = np.array([[np.nan if v is None else v for v in r] for r in grid], dtype=float)
     cmap = _cmap()
@@ -299,7 +409,11 @@ def _heatmap(ax: Any, grid: list[list[float | None]], rows: list[str], cols: lis
     ax.set_yticks(range(len(rows)), labels=rows, fontsize=8)
     for (i, k), v in np.ndenumerate(data):
         text = "n/a" if math.isnan(v) else f"{v:.2f}"
-        ax.text(k, i, text, ha="center", va="center", fontsize=8, color="white" if math.isnan(v) or v < 0.5 else "black")
+        marked = marks is not None and marks[i][k]
+        ax.text(k, i, text + ("*" if marked else ""), ha="center", va="center", fontsize=8,
+                color="white" if math.isnan(v) or v < 0.5 else "black")
+        if marked:
+            ax.add_patch(Rectangle((k - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red", linewidth=1.5))
     ax.set_title(title, fontsize=9)
     return im
 
@@ -320,7 +434,14 @@ def heatmap_rule_attack(wc: WorstCase, jobs: list[Job], path: Path) -> None:
     ax = fig.add_subplot()
     ctx = sorted({k for j in jobs for k, _ in j.context} | ({SEED_KEY} if any(SEED_KEY in j.params for j in jobs) else set()))
     title = "final test accuracy" + (f" (mean over {', '.join(ctx)})" if ctx else "")
-    im = _heatmap(ax, [[*g, w] for g, w in zip(grid, worst)], rules, cols, title)
+    marks = None
+    if not any(j.context for j in jobs):  # each cell holds seeds only: its interval means something
+        cell_grid: list[list[Cell | None]] = [[table.get((r, a)) for a in wc.attacks] + [wc.worst_cell((r, ()))] for r in rules]
+        bests = [_best([c for row in cell_grid if (c := row[k]) is not None]) for k in range(len(cols))]
+        marks = [[c is not None and ties_best(c, bests[k]) and c.n > 1 for k, c in enumerate(row)] for row in cell_grid]
+        if any(any(m) for m in marks):
+            title += "; * 95% CI overlaps the column's best"
+    im = _heatmap(ax, [[*g, w] for g, w in zip(grid, worst)], rules, cols, title, marks)
     ax.axvline(len(wc.attacks) - 0.5, color="white", linewidth=3)
     ax.set_xlabel("attack")
     ax.set_ylabel("rule")
@@ -352,9 +473,9 @@ def _hetero_order(label: str, jobs: list[Job]) -> tuple[int, float, str]:
     return rank, -float(alpha) if isinstance(alpha, (int, float)) else 0.0, label
 
 
-def f_heterogeneity_grid(jobs: list[Job]) -> tuple[list[int], list[str], dict[str, list[list[float | None]]]] | None:
-    """f values (rows), heterogeneity labels (columns) and, per rule, the worst case over
-    attacks (and any other swept key) of the seed-mean accuracy; None unless both axes vary."""
+def f_heterogeneity_cells(jobs: list[Job]) -> tuple[list[int], list[str], dict[str, list[list[Cell | None]]]] | None:
+    """f values (rows), heterogeneity labels (columns) and, per rule, the cell of the worst
+    case over attacks (and any other swept key) by seed-mean accuracy; None unless both axes vary."""
     fs = sorted({int(j.run.get(F_KEY)) for j in jobs if isinstance(j.run.get(F_KEY), int)})
     hets = sorted({hetero_label(j.run) for j in jobs}, key=lambda h: _hetero_order(h, jobs))
     if len(fs) < 2 or len(hets) < 2:
@@ -364,24 +485,39 @@ def f_heterogeneity_grid(jobs: list[Job]) -> tuple[list[int], list[str], dict[st
     for rule in sorted({j.rule for j in jobs}):
         grid = []
         for f in fs:
-            means = [[c.mean for (row, _), c in table.items() if row == (rule, f, het)] for het in hets]
-            grid.append([min((m for m in ms if m is not None), default=None) for ms in means])
+            found = [[c for (row, _), c in table.items() if row == (rule, f, het) and c.mean is not None] for het in hets]
+            grid.append([min(cs, key=lambda c: c.mean) if cs else None for cs in found])  # type: ignore[arg-type, return-value]
         grids[rule] = grid
     return fs, hets, grids
 
 
+def f_heterogeneity_grid(jobs: list[Job]) -> tuple[list[int], list[str], dict[str, list[list[float | None]]]] | None:
+    """As `f_heterogeneity_cells`, with each cell's mean."""
+    found = f_heterogeneity_cells(jobs)
+    if found is None:
+        return None
+    fs, hets, grids = found
+    return fs, hets, {rule: [[None if c is None else c.mean for c in row] for row in g] for rule, g in grids.items()}
+
+
 def heatmap_f_heterogeneity(jobs: list[Job], path: Path) -> bool:
     """One panel per rule: worst case over attacks for each (f, heterogeneity)."""
-    found = f_heterogeneity_grid(jobs)
+    found = f_heterogeneity_cells(jobs)
     if found is None:
         return False
     fs, hets, grids = found
     w, h = heatmap_size(len(fs), len(hets))
     fig = _figure(w * len(grids), h + 0.5)
     im = None
-    for k, (rule, grid) in enumerate(grids.items()):
+    rules = list(grids)
+    bests = [[_best([c for r in rules if (c := grids[r][i][k]) is not None]) for k in range(len(hets))] for i in range(len(fs))]
+    for k, (rule, cgrid) in enumerate(grids.items()):
         ax = fig.add_subplot(1, len(grids), k + 1)
-        im = _heatmap(ax, grid, [str(f) for f in fs], hets, f"{rule}: worst case over attacks")
+        grid = [[None if c is None else c.mean for c in row] for row in cgrid]
+        marks = [[c is not None and c.n > 1 and len(rules) > 1 and ties_best(c, bests[i][m]) for m, c in enumerate(row)]
+                 for i, row in enumerate(cgrid)]
+        title = f"{rule}: worst case over attacks" + ("; * ties the best rule" if any(any(r) for r in marks) else "")
+        im = _heatmap(ax, grid, [str(f) for f in fs], hets, title, marks)
         ax.set_xlabel("heterogeneity")
         ax.set_ylabel("f (nodes.byzantine)")
     fig.colorbar(im, ax=fig.axes, shrink=0.9)
@@ -485,6 +621,16 @@ def report(root: Path, out: Path) -> tuple[str, list[Path]]:
         md += ["", "## Worst case over attacks", "",
                "Final test accuracy of each rule under each attack (mean ± sd over seeds when several), "
                "and its minimum over attacks: a rule is as robust as its worst case.", "", worst_case_table(wc)]
+        ctx_keys, srows = seed_rows(wc)
+        p = out / "cells.csv"
+        write_csv(p, srows)
+        written.append(p)
+        if any(r["n"] > 1 for r in srows):
+            md += ["", "## Seeds", "",
+                   "Each cell groups the jobs that differ only in `seed`: n seeds, mean, sample standard deviation "
+                   "and 95% confidence interval of the final accuracy (Student t, n - 1 degrees of freedom). "
+                   "* marks a cell whose interval overlaps the best rule's under the same attack (and other swept keys): "
+                   "these seeds cannot tell them apart.", "", seeds_table(ctx_keys, srows)]
         p = out / "heatmap_rule_attack.png"
         heatmap_rule_attack(wc, jobs, p)
         figures.append(("Final accuracy, rule x attack", p))

@@ -307,3 +307,46 @@ def test_real_sweep_is_reported(tmp_path):
     image(tmp_path / "sweep" / "curves_mean.png")
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "report.csv")))
     assert all(0.0 <= float(r["final_accuracy"]) <= 1.0 for r in rows)
+
+
+# -- seeds: mean, std, 95% CI and n per cell --------------------------------------------------------
+def test_three_seed_sweep_gives_mean_std_ci_and_n_per_cell(tmp_path, capsys):
+    accs = {"mean": [0.80, 0.85, 0.90], "cw_median": [0.70, 0.72, 0.74], "krum": [0.30, 0.31, 0.32]}
+    grid = [{"ov": [f"aggregator={rule}", f"seed={s}"], "aggregator": rule, "attack": "alie", "accs": [a], "seed": s}
+            for rule, values in accs.items() for s, a in enumerate(values)]
+    root = sweep(tmp_path / "sw", grid)
+    report.main([str(root)])
+    md = (root / "report.md").read_text()
+    # mean: mean 0.85, std 0.05, half-width t(0.975, 2) * 0.05 / sqrt(3) = 4.303 * 0.028868 = 0.124216
+    assert "| mean | alie | 3 | 0.8500 | 0.0500 | [0.7258, 0.9742] | * |" in md
+    # cw_median: 0.72 +- 4.303 * 0.02 / sqrt(3) = 0.049687: [0.6703, 0.7697] overlaps mean's interval
+    assert "| cw_median | alie | 3 | 0.7200 | 0.0200 | [0.6703, 0.7697] | * |" in md
+    # krum: 0.31 +- 4.303 * 0.01 / sqrt(3) = 0.024843: [0.2852, 0.3348], apart from the best
+    assert "| krum | alie | 3 | 0.3100 | 0.0100 | [0.2852, 0.3348] |  |" in md
+    rows = list(csv.DictReader(open(root / "cells.csv")))
+    cells = {(r["rule"], r["attack"]): r for r in rows}
+    assert len(rows) == 6  # 3 rules x (alie + the worst case)
+    mean = cells[("mean", "alie")]
+    assert (mean["n"], mean["seeds"], mean["ties_best"]) == ("3", "0 1 2", "True")
+    assert float(mean["mean"]) == pytest.approx(0.85) and float(mean["std"]) == pytest.approx(0.05)
+    assert float(mean["ci95_low"]) == pytest.approx(0.85 - 4.303 * 0.05 / 3 ** 0.5)
+    assert float(mean["ci95_high"]) == pytest.approx(0.85 + 4.303 * 0.05 / 3 ** 0.5)
+    assert cells[("krum", "alie")]["ties_best"] == "False"
+    assert cells[("krum", "worst (alie)")]["n"] == "3"
+    img = image(root / "heatmap_rule_attack.png")
+    assert img.shape[:2] == px(report.heatmap_size(3, 2))
+
+
+def test_t95_matches_the_t_distribution():
+    assert report.t95(1) == 12.706 and report.t95(2) == 4.303 and report.t95(30) == 2.042
+    try:
+        from scipy.stats import t
+    except ImportError:
+        t = None
+    for df in (31, 40, 60, 120, 1000):
+        want = t.ppf(0.975, df) if t is not None else {31: 2.0395, 40: 2.0211, 60: 2.0003, 120: 1.9799, 1000: 1.9623}[df]
+        assert report.t95(df) == pytest.approx(want, abs=2e-4)
+    with pytest.raises(ValueError):
+        report.t95(0)
+    one = report.Cell([0.5], [], ["0"])
+    assert (one.n, one.mean, one.std, one.ci95) == (1, 0.5, None, None)

@@ -33,6 +33,11 @@ class Aggregator:
     compiled: ClassVar[bool] = False
     """True when the rule runs a compiled CPU kernel (numba) that the launcher builds
     once before the nodes start (`Experiment.warm`)."""
+    paper: ClassVar[str] = ""
+    """Where the rule comes from: authors, title, venue, year (`byzctl list aggregators --json`)."""
+    convention: ClassVar[str] = ""
+    """Which form of the rule this is where implementations differ, and the config value that
+    selects the other form (`byzctl list aggregators --json`)."""
     averages: ClassVar[bool] = False
     """True when the rule is the plain mean of its inputs, so linear pre-aggregators
     before it fold into one weighted sum (`byzctl.preagg.base.aggregate`)."""

@@ -75,4 +75,13 @@ class Bulyan(Aggregator):
     name: str = "bulyan"
 
     fn: ClassVar = staticmethod(bulyan)
+    paper = (
+        "El Mhamdi, Guerraoui, Rouault, 'The hidden vulnerability of distributed learning in "
+        "Byzantium', ICML 2018"
+    )
+    convention = (
+        'Selection by repeated Krum over the vectors left (m - f - 2 neighbours, m: vectors left), '
+        'theta = n - 2f picked, then per coordinate the beta = theta - 2f values closest to the '
+        'median averaged; n >= 4f + 3.'
+    )
     compiled: ClassVar[bool] = True

@@ -75,3 +75,11 @@ class Caf(Aggregator):
     name: str = "caf"
 
     fn: ClassVar = staticmethod(caf)
+    paper = (
+        'Allouah et al., covariance-bound agnostic filter (CAF), 2024; filter of Diakonikolas et '
+        "al., 'Being robust (in high dimensions) can be practical', ICML 2017"
+    )
+    convention = (
+        'Filter from uniform weights while their sum exceeds n - 2f; returns the iterate with the '
+        'smallest top covariance eigenvalue; n > 2f.'
+    )

@@ -85,6 +85,14 @@ class CenteredClipping(Aggregator):
     """Clipping iterations L per call."""
 
     fn: ClassVar = staticmethod(centered_clipping)
+    paper = (
+        "Karimireddy, He, Jaggi, 'Learning from history for Byzantine robust optimization', ICML "
+        '2021'
+    )
+    convention = (
+        "Centre v_0 = the previous aggregate (the zero vector at the first round, as ByzFL), "
+        "radius tau = 100 and iters = 1 by default (ByzFL's defaults)."
+    )
     stateful: ClassVar[bool] = True
 
     def __post_init__(self) -> None:

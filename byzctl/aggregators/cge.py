@@ -44,3 +44,10 @@ class Cge(Aggregator):
     name: str = "cge"
 
     fn: ClassVar = staticmethod(cge)
+    paper = (
+        "Gupta, Liu, Vaidya, 'Byzantine fault-tolerant distributed machine learning with norm-based"
+        " comparative gradient elimination', DSN Workshops 2021"
+    )
+    convention = (
+        'Averages the n - f smallest-norm vectors (ties: lowest index); n > 2f.'
+    )

@@ -43,4 +43,12 @@ class CwMedian(Aggregator):
     name: str = "cw_median"
 
     fn: ClassVar = staticmethod(cw_median)
+    paper = (
+        "Yin, Chen, Ramchandran, Bartlett, 'Byzantine-robust distributed learning: towards optimal "
+        "statistical rates', ICML 2018"
+    )
+    convention = (
+        'Even n: the mean of the two middle values per coordinate (as numpy/ByzFL, unlike '
+        "torch.median's lower median)."
+    )
     compiled: ClassVar[bool] = True

@@ -47,4 +47,12 @@ class CwTrimmedMean(Aggregator):
     name: str = "cw_trimmed_mean"
 
     fn: ClassVar = staticmethod(cw_trimmed_mean)
+    paper = (
+        "Yin, Chen, Ramchandran, Bartlett, 'Byzantine-robust distributed learning: towards optimal "
+        "statistical rates', ICML 2018"
+    )
+    convention = (
+        'Drops the f largest and f smallest values per coordinate (f = nodes.byzantine unless '
+        "aggregator.f), as ByzFL's TrMean; the paper states it with a fraction beta; n > 2f."
+    )
     compiled: ClassVar[bool] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar
 
 import torch
@@ -14,12 +15,26 @@ from byzctl.aggregators.base import Aggregator, check_matrix
 from byzctl.errors import ConfigError, RuleError, check_f
 
 
+class Init(str, Enum):
+    """Where the Weiszfeld iterations start; implementations differ."""
+
+    mean = "mean"
+    """z_0 = the mean of the (finite) inputs, as RFA's reference code (Pillutla et al.)."""
+    zero = "zero"
+    """z_0 = 0, as ByzFL's `GeometricMedian` (LPD-EPFL/byzfl), usually with nu=0.1, max_iter=3."""
+
+
 def geometric_median(
-    x: Tensor, *, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6
+    x: Tensor, *, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6,
+    init: Init | str = Init.mean,
 ) -> Tensor:
     """z_{t+1} = sum_i b_i x_i / sum_i b_i with b_i = 1 / max(nu, ||z_t - x_i||), from
-    z_0 = mean(x): smoothed Weiszfeld towards argmin_z sum_i ||z - x_i||. Pillutla,
-    Kakade, Harchaoui, "Robust aggregation for federated learning" (RFA), IEEE TSP 2022.
+    z_0 = mean(x) (init=mean) or z_0 = 0 (init=zero, ByzFL's form): smoothed Weiszfeld
+    towards argmin_z sum_i ||z - x_i||. Pillutla, Kakade, Harchaoui, "Robust aggregation
+    for federated learning" (RFA), IEEE TSP 2022; Weiszfeld, Tohoku Math. J. 1937.
+
+    With few iterations the start matters: from 0 the first iterate weighs each input by
+    1 / ||x_i||, from the mean by 1 / ||x_i - mean||.
 
     Stops after `max_iter` iterations or once the objective g(z) = sum_i ||z - x_i||
     improves by at most tol * g(z). Every iterate is a weighted mean of the rows, kept
@@ -39,7 +54,8 @@ def geometric_median(
     if not bool(ok.any()):
         return weighted_sum(x, torch.full((n,), 1.0 / n, dtype=torch.float64), ok)  # all non-finite
     sq = g.diagonal()  # (n,)
-    w = good / good.sum()  # (n,) z = sum_i w_i x_i
+    # (n,) z = sum_i w_i x_i: the mean of the good rows, or 0 (all weights 0)
+    w = good / good.sum() if _init(init) is Init.mean else torch.zeros(n, dtype=torch.float64)
     with serial():
         obj = _objective(g, sq, w, good)
         for _ in range(max_iter):
@@ -52,6 +68,13 @@ def geometric_median(
             if done:
                 break
     return weighted_sum(x, w, ok)  # (d,)
+
+
+def _init(value: Init | str) -> Init:
+    try:
+        return Init(value)
+    except ValueError:
+        raise RuleError(f"geometric_median: init must be one of {[m.value for m in Init]}. Got init={value!r}") from None
 
 
 def _distances(g: Tensor, sq: Tensor, w: Tensor) -> Tensor:
@@ -85,8 +108,19 @@ class GeometricMedian(Aggregator):
     """Weiszfeld iterations at most (each is O(n^2), independent of d)."""
     tol: float = 1e-6
     """Stop when the objective improves by at most tol times its value."""
+    init: Init = Init.mean
+    """Starting point z_0: mean (default, RFA) or zero (ByzFL)."""
 
     fn: ClassVar = staticmethod(geometric_median)
+    paper = (
+        "Pillutla, Kakade, Harchaoui, 'Robust aggregation for federated learning', IEEE TSP 2022 (RFA); "
+        "Weiszfeld, Tohoku Mathematical Journal 1937"
+    )
+    convention = (
+        "Smoothed Weiszfeld, b_i = 1/max(nu, ||z - x_i||). init=mean (default): z_0 = mean, as RFA; "
+        "init=zero: z_0 = 0, as ByzFL (which also uses nu=0.1, max_iter=3). Stops at max_iter or when "
+        "the objective improves by at most tol times its value."
+    )
 
     def __post_init__(self) -> None:
         _check_params(self.nu, self.max_iter, self.tol, error=ConfigError)

@@ -153,3 +153,11 @@ class Mda(Aggregator):
     name: str = "mda"
 
     fn: ClassVar = staticmethod(mda)
+    paper = (
+        "El Mhamdi, Guerraoui, Rouault, 'The hidden vulnerability of distributed learning in "
+        "Byzantium', ICML 2018"
+    )
+    convention = (
+        'Exact: the subset of n - f vectors with the smallest diameter (branch and bound over '
+        'subsets), averaged; n > 2f.'
+    )

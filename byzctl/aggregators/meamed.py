@@ -150,4 +150,11 @@ class Meamed(Aggregator):
     name: str = "meamed"
 
     fn: ClassVar = staticmethod(meamed)
+    paper = (
+        "Xie, Koyejo, Gupta, 'Generalized Byzantine-tolerant SGD', arXiv:1802.10116, 2018"
+    )
+    convention = (
+        'Per coordinate, the mean of the n - f values closest to the median (ties share places '
+        'equally).'
+    )
     compiled: ClassVar[bool] = True

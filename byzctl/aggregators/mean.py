@@ -29,4 +29,10 @@ class Mean(Aggregator):
     name: str = "mean"
 
     fn: ClassVar = staticmethod(mean)
+    paper = (
+        '(baseline) the plain average of distributed SGD; not robust'
+    )
+    convention = (
+        'Arithmetic mean of all n inputs.'
+    )
     averages: ClassVar[bool] = True

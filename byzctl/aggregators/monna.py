@@ -62,6 +62,14 @@ class Monna(Aggregator):
     vector; byzctl puts it first)."""
 
     fn: ClassVar = staticmethod(monna)
+    paper = (
+        "Farhadkhani, Guerraoui, Gupta, Hoang, Pinot, Stephan, 'Robust collaborative learning with "
+        "linear gradient overhead', ICML 2023"
+    )
+    convention = (
+        'Averages the n - f vectors nearest to a trusted pivot (aggregator.pivot, the pivot '
+        'included).'
+    )
 
     def __post_init__(self) -> None:
         _check_pivot(self.pivot, n=None, error=ConfigError)

@@ -252,6 +252,14 @@ class Smea(Aggregator):
     """Past max_nodes, return the best subset found instead of raising."""
 
     fn: ClassVar = staticmethod(smea)
+    paper = (
+        "Allouah, Guerraoui, Gupta, Pinot, Stephan, 'On the privacy-robustness-utility trilemma in "
+        "distributed learning', ICML 2023"
+    )
+    convention = (
+        'Exact search over the subsets of size n - f for the smallest top covariance eigenvalue '
+        '(approximate=true: a greedy search); n > 2f.'
+    )
 
     def __post_init__(self) -> None:
         _check_params(self.max_nodes, error=ConfigError)

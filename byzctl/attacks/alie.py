@@ -1,4 +1,10 @@
-"""A little is enough (ALIE): shift the honest mean by z standard deviations, coordinate-wise."""
+"""A little is enough (ALIE): shift the honest mean by z standard deviations, coordinate-wise.
+
+Sign convention: byzctl sends mean - z * std with z >= 0 from the paper's formula (the
+Byzantine vector sits z deviations below the honest mean on every coordinate). ByzFL
+(LPD-EPFL/byzfl `ALittleIsEnough`) writes mean + tau * std; `tau` spells that form, and
+tau = -z gives the same vector.
+"""
 
 from __future__ import annotations
 
@@ -34,22 +40,32 @@ def alie_z(n: int, f: int) -> float:
     return NormalDist().inv_cdf((n - s) / n)
 
 
-def alie(honest: Tensor, *, f: int, n: int | None = None, z: float | None = None) -> Tensor:
+def alie(
+    honest: Tensor, *, f: int, n: int | None = None, z: float | None = None, tau: float | None = None
+) -> Tensor:
     """alie(H) = mean(H) - z * std(H) coordinate-wise, repeated f times; z from `alie_z(n, f)`
-    unless given. Baruch, Baruch, Goldberg, "A little is enough", NeurIPS 2019.
+    unless given, or z = -tau when `tau` (ByzFL's mean + tau * std) is given. Baruch, Baruch,
+    Goldberg, "A little is enough: circumventing defenses for distributed learning", NeurIPS 2019.
 
     std is the sample standard deviation (correction 1), so at least 2 honest vectors are needed.
 
     Args:
         n: inputs the aggregator sees (honest + Byzantine); None means h + f.
-        z: the shift in standard deviations; None computes the paper's z from n and f.
+        z: the shift in standard deviations, subtracted; None computes the paper's z from n and f.
+        tau: the shift added (mean + tau * std), ByzFL's spelling; exclusive with z.
 
     Raises:
-        RuleError: if h < 2, f < 0, z is not finite, or z is None and the paper's z is
-            undefined for (n, f).
+        RuleError: if h < 2, f < 0, z or tau is not finite, both are given, or neither is
+            and the paper's z is undefined for (n, f).
     """
     h, _ = check_honest(honest, f, "alie", min_h=2)
     n = h + f if n is None else n
+    if tau is not None:
+        if z is not None:
+            raise RuleError(f"alie: give z (mean - z std) or tau (mean + tau std), not both. Got z={z}, tau={tau}")
+        if not math.isfinite(tau):
+            raise RuleError(f"alie: tau must be finite. Got tau={tau}")
+        z = -tau
     if z is None:
         z = alie_z(n, f) if f > 0 else 0.0
     elif not math.isfinite(z):
@@ -70,11 +86,26 @@ class Alie(Attack):
     _target_: str = "byzctl.attacks.alie.Alie"
     name: str = "alie"
     z: float | None = None
-    """Shift in standard deviations; null computes the paper's z from n and f."""
+    """Shift in standard deviations, subtracted (mean - z std); null computes the paper's z
+    from n and f (z > 0 for f < n/2)."""
+    tau: float | None = None
+    """ByzFL's spelling, added (mean + tau std): tau = -z. Set z or tau, not both."""
 
     fn: ClassVar = staticmethod(alie)
     uses_context: ClassVar[tuple[str, ...]] = ("n",)
+    paper = (
+        "Baruch, Baruch, Goldberg, 'A little is enough: circumventing defenses for distributed "
+        "learning', NeurIPS 2019"
+    )
+    convention = (
+        "Sends mean - z * std (sample std, correction 1) per coordinate, z = Phi^-1((n - s)/n), "
+        "s = floor(n/2 + 1) - f (the paper's z, >= 0). ByzFL's form mean + tau * std is attack.tau (tau = -z)."
+    )
 
     def __post_init__(self) -> None:
         if self.z is not None and not math.isfinite(self.z):
             raise ConfigError(f"attack.z must be finite (or null for the paper's z). Got z={self.z}")
+        if self.tau is not None and not math.isfinite(self.tau):
+            raise ConfigError(f"attack.tau must be finite (or null). Got tau={self.tau}")
+        if self.z is not None and self.tau is not None:
+            raise ConfigError(f"attack.z and attack.tau are two spellings of one shift (tau = -z): set one. Got z={self.z}, tau={self.tau}")

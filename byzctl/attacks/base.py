@@ -60,6 +60,11 @@ class Attack:
     fn: ClassVar[Callable[..., Tensor]]
     uses_context: ClassVar[tuple[str, ...]] = ()
     """Names of AttackContext fields the function takes as keywords (e.g. 'generator')."""
+    paper: ClassVar[str] = ""
+    """Where the attack comes from: authors, title, venue, year (`byzctl list attacks --json`)."""
+    convention: ClassVar[str] = ""
+    """Which form of the attack this is where implementations differ (signs, scales, statistics),
+    and the config value that selects the other form (`byzctl list attacks --json`)."""
     poisons_data: ClassVar[bool] = False
     """True when the Byzantine node trains honestly on poisoned data (label_flip)."""
 

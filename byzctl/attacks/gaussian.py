@@ -50,6 +50,14 @@ class Gaussian(Attack):
     """Standard deviation of every coordinate of the noise (200 in Blanchard et al. 2017)."""
 
     fn: ClassVar = staticmethod(gaussian)
+    paper = (
+        "Blanchard et al., NeurIPS 2017; Xie, Koyejo, Gupta, 'Generalized Byzantine-tolerant SGD', "
+        '2018'
+    )
+    convention = (
+        "Each Byzantine node draws its own N(0, sigma^2 I) from the run's seeded generator, sigma ="
+        ' 200 by default.'
+    )
     uses_context: ClassVar[tuple[str, ...]] = ("generator",)
 
     def __post_init__(self) -> None:

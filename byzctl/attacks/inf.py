@@ -46,6 +46,12 @@ class Inf(Attack):
     """What every coordinate is: "inf", "-inf" or "nan"."""
 
     fn: ClassVar = staticmethod(inf)
+    paper = (
+        "(sanity attack) the 'infinity' attack of ByzFL's benchmark (LPD-EPFL/byzfl)"
+    )
+    convention = (
+        'Every coordinate equals attack.value: inf (default), -inf or nan.'
+    )
 
     def __post_init__(self) -> None:
         if _parse(self.value) is None:

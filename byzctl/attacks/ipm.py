@@ -40,6 +40,14 @@ class Ipm(Attack):
     """Scale of the reversed honest mean (0.1 and 100 in the paper)."""
 
     fn: ClassVar = staticmethod(ipm)
+    paper = (
+        "Xie, Koyejo, Gupta, 'Fall of empires: breaking Byzantine-tolerant SGD by inner product "
+        "manipulation', UAI 2020"
+    )
+    convention = (
+        "Sends -epsilon * mean(H) with epsilon > 0 (0.1 by default, the paper's small-epsilon "
+        'case); ByzFL calls the same scale tau.'
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon) and self.epsilon >= 0):

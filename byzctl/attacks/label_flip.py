@@ -52,6 +52,14 @@ class LabelFlip(Attack):
     knowledge: Knowledge = Knowledge.local
 
     fn: ClassVar = staticmethod(label_flip)
+    paper = (
+        "Allen-Zhu, Ebrahimian, Li, Alistarh, 'Byzantine-resilient non-convex SGD', ICLR 2021; "
+        'Karimireddy, He, Jaggi, ICML 2021'
+    )
+    convention = (
+        'Data poisoning: the Byzantine node trains honestly (same momentum) on labels num_classes -'
+        ' 1 - y.'
+    )
     poisons_data: ClassVar[bool] = True
 
     def poison(self, labels: Tensor, *, num_classes: int) -> Tensor:

@@ -62,6 +62,15 @@ class Mimic(Attack):
     """Index among the honest vectors to copy; null picks the paper's maximal-variance one."""
 
     fn: ClassVar = staticmethod(mimic)
+    paper = (
+        "Karimireddy, He, Jaggi, 'Byzantine-robust learning on heterogeneous datasets via "
+        "bucketing', ICLR 2022"
+    )
+    convention = (
+        'Copies the honest vector with the largest |projection| on the top principal direction of H'
+        " (the paper's heuristic, computed on this round's vectors); attack.target pins one worker "
+        'instead.'
+    )
 
     def __post_init__(self) -> None:
         if self.target is not None and self.target < 0:

@@ -24,3 +24,9 @@ class NoAttack(Attack):
     knowledge: Knowledge = Knowledge.local
 
     fn: ClassVar = staticmethod(none)
+    paper = (
+        '(control run) no attack'
+    )
+    convention = (
+        'Byzantine nodes send the honest mean of what they see.'
+    )

@@ -76,3 +76,11 @@ class OptAlie(LineSearch):
     name: str = "opt_alie"
 
     fn: ClassVar = staticmethod(opt_alie)
+    paper = (
+        'Baruch, Baruch, Goldberg, NeurIPS 2019 (ALIE), scale optimized as in Allouah et al., '
+        "'Fixing by mixing', AISTATS 2023"
+    )
+    convention = (
+        'Sends mean - z std (the sign of attack=alie) with z line-searched in [low, high] to '
+        'maximize ||aggregate - mean(H)||.'
+    )

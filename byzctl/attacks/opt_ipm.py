@@ -75,6 +75,14 @@ class OptIpm(LineSearch):
     name: str = "opt_ipm"
 
     fn: ClassVar = staticmethod(opt_ipm)
+    paper = (
+        "Xie, Koyejo, Gupta, UAI 2020 (IPM), scale optimized as in Allouah et al., 'Fixing by "
+        "mixing', AISTATS 2023"
+    )
+    convention = (
+        'Sends -eps mean(H) with eps line-searched in [low, high] to maximize ||aggregate - '
+        'mean(H)||.'
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -29,3 +29,10 @@ class SignFlip(Attack):
     """Multiplier of the honest direction (the seeds' --byz-scale)."""
 
     fn: ClassVar = staticmethod(sign_flip)
+    paper = (
+        "Allen-Zhu, Ebrahimian, Li, Alistarh, 'Byzantine-resilient non-convex SGD', ICLR 2021"
+    )
+    convention = (
+        "Sends scale * mean(H), scale = -1 by default (the honest mean reversed, as ByzFL's "
+        'SignFlipping).'
+    )

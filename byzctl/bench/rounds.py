@@ -90,7 +90,7 @@ def floor_run(overrides: list[str], rounds: int) -> float:
     for s in specs:
         sh = load_shard(exp, s, splits=splits)
         model = make_model(exp.model, sh.input_shape, sh.num_classes, seed=cfg.seed, device=exp.device)
-        learners[s.id] = HonestLearner(model, sh.x_train, sh.y_train, batch_size=cfg.batch_size, momentum=cfg.momentum, seed=s.id)
+        learners[s.id] = HonestLearner(model, sh.x_train, sh.y_train, batch_size=cfg.batch_size, momentum=cfg.momentum, momentum_init=cfg.momentum_init, seed=s.id)
     params = {s.id: flat_params(next(iter(learners.values())).model) for s in specs}
     graph = exp.neighbours() if exp.decentralized else None
     lr, wd = float(cfg.lr), float(cfg.weight_decay)

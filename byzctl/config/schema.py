@@ -22,6 +22,7 @@ from omegaconf import MISSING
 from byzctl.aggregators.base import Aggregator
 from byzctl.attacks.base import Attack
 from byzctl.data.base import Dataset
+from byzctl.learning.trainer import MomentumInit
 from byzctl.loggers.base import Logger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg
@@ -125,6 +126,9 @@ class Config:
     """Learning rate of the model update."""
     momentum: float = 0.9
     """Worker momentum beta: m <- beta*m + (1 - beta)*g is what honest nodes send."""
+    momentum_init: MomentumInit = MomentumInit.gradient
+    """The first momentum: gradient (m_1 = g_1, the default) or zero (m_0 = 0, so
+    m_1 = (1 - beta) g_1, as ByzFL)."""
     weight_decay: float = 1e-4
     """L2 penalty applied with the update."""
     seed: int = 0

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from byzctl.data.base import Dataset, Splits
+from byzctl.data.base import Dataset, Splits, stratified
 from byzctl.errors import ConfigError, DataError
 
 DEFAULT_ROOT = "~/.cache/byzctl/data"
@@ -89,16 +89,17 @@ class TorchvisionDataset(Dataset):
             )
 
     def finish(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *, seed: int, num_classes: int) -> Splits:
-        """Apply `subset` and `test_size` (seeded) and package the splits."""
-        gen = torch.Generator().manual_seed(seed)
+        """Apply `subset` (a draw seeded by the run's `seed`) and `test_size` (a stratified
+        draw from the official test split, seeded by `split_seed`) and package the splits."""
         self.check_sizes(len(y_train), len(y_test))
+        train_ids, test_ids = torch.arange(len(y_train)), torch.arange(len(y_test))
         if self.subset is not None:
-            keep = torch.randperm(len(y_train), generator=gen)[: self.subset]
-            x_train, y_train = x_train[keep], y_train[keep]
+            train_ids = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))[: self.subset]
+            x_train, y_train = x_train[train_ids], y_train[train_ids]
         if self.test_size < len(y_test):
-            keep = torch.randperm(len(y_test), generator=gen)[: self.test_size]
-            x_test, y_test = x_test[keep], y_test[keep]
-        return Splits(x_train, y_train, x_test, y_test, num_classes)
+            test_ids = stratified(y_test, self.test_size, torch.Generator().manual_seed(self.data_seed(seed)))
+            x_test, y_test = x_test[test_ids], y_test[test_ids]
+        return Splits(x_train, y_train, x_test, y_test, num_classes, train_ids=train_ids, test_ids=test_ids)
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

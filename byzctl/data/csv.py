@@ -73,7 +73,7 @@ class Csv(Dataset):
         y = torch.tensor([index[v] for v in labels], dtype=torch.int64)  # (N,)
         if self.test_size >= len(rows):
             raise ConfigError(f"dataset.test_size={self.test_size} leaves no training data out of {len(rows)} rows of {path}; try dataset.test_size={max(1, len(rows) // 5)}")
-        splits = split_test(x, y, test_size=self.test_size, seed=seed, num_classes=len(classes))
+        splits = split_test(x, y, test_size=self.test_size, seed=self.data_seed(seed), num_classes=len(classes))
         mean = splits.x_train.mean(0, keepdim=True)  # (1, d): training statistics only
         std = splits.x_train.std(0, keepdim=True).nan_to_num(1.0)
         std[std < 1e-8] = 1.0  # a constant feature stays centred, not blown up

@@ -64,4 +64,4 @@ class MnistSubset(Dataset):
 
     def load(self, seed: int) -> Splits:
         x, y = load_mnist_5k()
-        return split_test(x, y, test_size=self.test_size, seed=seed, num_classes=10)
+        return split_test(x, y, test_size=self.test_size, seed=self.data_seed(seed), num_classes=10)

@@ -33,8 +33,8 @@ class Synthetic(Dataset):
                 raise ConfigError(f"dataset.{key} must be >= 1. Got {key}={getattr(self, key)}")
 
     def load(self, seed: int) -> Splits:
-        gen = torch.Generator().manual_seed(seed + 7919)
+        gen = torch.Generator().manual_seed(self.data_seed(seed) + 7919)
         centres = torch.randn(self.num_classes, self.num_features, generator=gen) * 2.0
         y = torch.randint(0, self.num_classes, (self.num_samples,), generator=gen)
         x = centres[y] + self.noise * torch.randn(self.num_samples, self.num_features, generator=gen)
-        return split_test(x, y, test_size=self.test_size, seed=seed, num_classes=self.num_classes)
+        return split_test(x, y, test_size=self.test_size, seed=self.data_seed(seed), num_classes=self.num_classes)

@@ -2,6 +2,7 @@
 
 from byzctl.learning.trainer import (
     HonestLearner,
+    MomentumInit,
     apply_update,
     evaluate,
     flat_params,
@@ -9,4 +10,4 @@ from byzctl.learning.trainer import (
     make_model,
 )
 
-__all__ = ["HonestLearner", "apply_update", "evaluate", "flat_params", "load_flat", "make_model"]
+__all__ = ["HonestLearner", "MomentumInit", "apply_update", "evaluate", "flat_params", "load_flat", "make_model"]

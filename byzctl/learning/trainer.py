@@ -2,9 +2,12 @@
 
 Honest nodes send their worker momentum m <- beta*m + (1 - beta)*g (as ByzFL does);
 whoever aggregates applies lr and weight decay: p <- p - lr * (agg + wd * p).
+The first momentum has two forms in the literature (`MomentumInit`).
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +15,18 @@ from torch import Tensor, nn
 
 from byzctl.learning.seeds import generator
 from byzctl.models.base import ModelConfig
+
+
+class MomentumInit(str, Enum):
+    """The worker momentum before the first step; implementations differ."""
+
+    gradient = "gradient"
+    """m_1 = g_1: the first vector sent is the full gradient (byzctl's default; Karimireddy,
+    He, Jaggi, "Learning from history for Byzantine robust optimization", ICML 2021, start
+    their averages from the first gradient too)."""
+    zero = "zero"
+    """m_0 = 0, so m_1 = (1 - beta) g_1: ByzFL's client momentum (LPD-EPFL/byzfl `Client`),
+    and Farhadkhani et al., "Byzantine machine learning made easy", ICML 2022."""
 
 
 def make_model(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int, device: str) -> nn.Module:
@@ -57,13 +72,15 @@ class HonestLearner:
     of the shard drawn per epoch, so only the momentum needs checkpointing.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, momentum: float, seed: int):
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int, momentum: float, seed: int,
+                 momentum_init: MomentumInit | str = MomentumInit.gradient):
         self.model = model
         self.device = next(model.parameters()).device
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.batch_size = max(1, min(batch_size, len(y)))
         self.per_epoch = max(1, len(y) // self.batch_size)
         self.beta = momentum
+        self.momentum_init = MomentumInit(momentum_init)
         self.seed = seed
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
         self.m: Tensor | None = None
@@ -90,8 +107,12 @@ class HonestLearner:
         return torch.cat([g.reshape(-1) for g in grads])  # (d,)
 
     def momentum_gradient(self, params: Tensor, t: int) -> Tensor:
-        """m <- beta*m + (1 - beta)*g at `params` on round t's batch; returns a copy of m, (d,)."""
+        """m <- beta*m + (1 - beta)*g at `params` on round t's batch; returns a copy of m, (d,).
+        The first m is g (momentum_init=gradient) or (1 - beta)*g (zero: from m_0 = 0)."""
         g = self.gradient(params, t)
         self.m_prev = self.m
-        self.m = g if self.m is None else self.beta * self.m + (1 - self.beta) * g
+        if self.m is None:
+            self.m = g if self.momentum_init is MomentumInit.gradient else (1 - self.beta) * g
+        else:
+            self.m = self.beta * self.m + (1 - self.beta) * g
         return self.m.clone()

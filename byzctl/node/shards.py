@@ -27,7 +27,7 @@ def load_shard(exp: Experiment, spec: NodeSpec, splits: Splits | None = None) ->
     Byzantine node j holds shard j mod honest (a compromised participant has data too)."""
     ds = exp.dataset
     splits = splits if splits is not None else ds.load(exp.cfg.seed)
-    parts = partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma)
+    parts = partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma, cuts=ds.cuts)
     index = spec.shard if spec.shard >= 0 else (spec.byz_index % exp.honest if spec.byzantine else -1)
     if exp.cluster is not None and spec.id in exp.cluster.shards:
         index = exp.cluster.shards[spec.id] % exp.honest

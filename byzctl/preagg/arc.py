@@ -59,6 +59,13 @@ class Arc(Preagg):
     name: str = "arc"
 
     fn: ClassVar = staticmethod(arc)
+    paper = (
+        "Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, 'Boosting robustness by clipping "
+        "gradients in distributed learning', 2024"
+    )
+    convention = (
+        'k = floor(2 (f/n) (n - f)) largest vectors clipped to the (k+1)-th largest norm.'
+    )
     mix: ClassVar = staticmethod(arc_mix)
     reads: ClassVar[str] = "norms"
     diagonal: ClassVar[bool] = True

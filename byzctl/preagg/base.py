@@ -38,6 +38,10 @@ class Preagg:
     """Byzantine inputs to tolerate; None takes `nodes.byzantine`."""
 
     fn: ClassVar[Callable[..., Tensor]]
+    paper: ClassVar[str] = ""
+    """Where the pre-aggregator comes from: authors, title, venue, year (`byzctl list preaggs --json`)."""
+    convention: ClassVar[str] = ""
+    """Which form this is where implementations differ (`byzctl list preaggs --json`)."""
     randomized: ClassVar[bool] = False
     """True when the function takes a seeded `generator=`."""
     mix: ClassVar[Callable[..., Tensor] | None] = None

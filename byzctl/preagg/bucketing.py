@@ -91,6 +91,14 @@ class Bucketing(Preagg):
     """Rows averaged per bucket (s in the paper)."""
 
     fn: ClassVar = staticmethod(bucketing)
+    paper = (
+        "Karimireddy, He, Jaggi, 'Byzantine-robust learning on heterogeneous datasets via "
+        "bucketing', ICLR 2022"
+    )
+    convention = (
+        "A fresh seeded random permutation every round, buckets of s = bucket_size (the last one "
+        "smaller when s does not divide n); the rule after it sees ceil(n/s) inputs and the same f."
+    )
     mix: ClassVar = staticmethod(bucketing_mix)
     reads: ClassVar[str] = "none"
     randomized: ClassVar[bool] = True

@@ -87,6 +87,14 @@ class Clipping(Preagg):
     """Clip every vector to this norm; null: the median norm of the round's vectors."""
 
     fn: ClassVar = staticmethod(clipping)
+    paper = (
+        'Static norm clipping, as used with robust rules in Karimireddy, He, Jaggi, ICML 2021 and '
+        "ByzFL's benchmark"
+    )
+    convention = (
+        'threshold=null: clip to the median norm of the round (lower median); a number: a fixed '
+        'radius.'
+    )
     mix: ClassVar = staticmethod(clipping_mix)
     reads: ClassVar[str] = "norms"
     diagonal: ClassVar[bool] = True

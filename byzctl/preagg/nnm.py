@@ -66,4 +66,12 @@ class Nnm(Preagg):
     name: str = "nnm"
 
     fn: ClassVar = staticmethod(nnm)
+    paper = (
+        "Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, 'Fixing by mixing: a recipe for "
+        "optimal Byzantine ML under heterogeneity', AISTATS 2023"
+    )
+    convention = (
+        'Each vector replaced by the mean of its n - f nearest vectors, itself included (as the '
+        'paper and ByzFL).'
+    )
     mix: ClassVar = staticmethod(nnm_mix)

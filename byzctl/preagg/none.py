@@ -31,6 +31,12 @@ class Identity(Preagg):
     name: str = "none"
 
     fn: ClassVar = staticmethod(none)
+    paper = (
+        '(no-op)'
+    )
+    convention = (
+        'Returns a copy of the inputs.'
+    )
     mix: ClassVar = staticmethod(none_mix)
     reads: ClassVar[str] = "none"
     diagonal: ClassVar[bool] = True
