@@ -18,7 +18,7 @@ USAGE = """usage: byzctl <command> [args]
 commands:
   run [overrides]          run an experiment (Hydra: -m sweeps, --cfg job, --help)
   node --id N [overrides]  run one node of a run on this host
-  list KIND [--json]       available aggregators|preaggs|attacks|topologies|datasets|models|devices
+  list KIND [--json]       available aggregators|preaggs|attacks|topologies|graphs|datasets|models|devices|security|loggers
   bench WHAT [--json]      benchmarks: aggregators, transport, rounds
   report DIR               tables and plots of a run or a sweep
   status [DIR] [--json]    runs under outputs/ with their state
@@ -194,6 +194,7 @@ def cmd_list(rest: list[str]) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"{args.kind} ({KINDS[args.kind]}=<name>)", title_justify="left")
     t.add_column("name", style="bold")
@@ -201,7 +202,7 @@ def cmd_list(rest: list[str]) -> int:
     t.add_column("description")
     for e in entries:
         params = ", ".join(f"{k}={v['default']}" for k, v in e["params"].items())
-        t.add_row(e["name"], params, e["doc"])
+        t.add_row(Text(e["name"]), Text(params), Text(e["doc"]))  # Text: "[lo, hi]" in a doc is not markup
     Console().print(t)
     return 0
 
