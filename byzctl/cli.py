@@ -18,7 +18,7 @@ USAGE = """usage: byzctl <command> [args]
 commands:
   run [overrides]          run an experiment (Hydra: -m sweeps, --cfg job, --help)
   node --id N [overrides]  run one node of a run on this host
-  list KIND [--json]       available aggregators|preaggs|attacks|topologies|datasets|models|devices
+  list KIND [--json]       available aggregators|preaggs|attacks|topologies|graphs|datasets|models|devices|security|loggers
   bench WHAT [--json]      benchmarks: aggregators, transport, rounds
   report DIR               tables and plots of a run or a sweep
   status [DIR] [--json]    runs under outputs/ with their state
@@ -91,6 +91,8 @@ def cmd_run(rest: list[str]) -> int:
     if "--debug" in rest:
         rest = [a for a in rest if a != "--debug"]
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    rest = _resume_in_place(rest)
+    _check_output_dir(rest)
     rest = [*_cluster_settings(rest), *rest]
     # Hydra reads sys.argv; completion reads COMP_LINE: drop the subcommand word from both.
     sys.argv = [f"{Path(sys.argv[0]).name} run", *normalize_overrides(rest)]
@@ -125,6 +127,53 @@ def _cluster_settings(args: list[str]) -> list[str]:
         print(f"byzctl run: {path}: {where}={value} -> {key}={value}", file=sys.stderr)
         out.append(f"{key}={value}")
     return out
+
+
+def _override(args: list[str], *keys: str) -> str | None:
+    """The value the last `key=value` among `args` gives one of `keys` (quotes dropped)."""
+    found = None
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in keys:
+            found = value.strip("'\"")
+    return found
+
+
+def _multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
+
+
+def _resume_in_place(args: list[str]) -> list[str]:
+    """`resume=DIR` runs in DIR itself: Hydra's run dir becomes DIR (so a resume leaves no
+    stray outputs/<date>/<time>/ behind) and Hydra's `.hydra/` record is not written over
+    the run's own. An explicit hydra.run.dir, a sweep, or a DIR that is not a run
+    directory (launch/app.py refuses it) keep Hydra's own directory."""
+    resume = _override(args, "resume")
+    if not resume or _multirun(args) or _override(args, "hydra.run.dir") is not None:
+        return args
+    if not (Path(resume) / "config.yaml").is_file():
+        return args
+    return [*args, f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
+
+
+def _check_output_dir(args: list[str]) -> None:
+    """hydra.run.dir (hydra.sweep.dir with -m) can be created: its nearest existing
+    ancestor is a writable directory. Hydra would otherwise fail creating it with a
+    traceback. Skipped for --cfg, --help and other flags that write nothing."""
+    from byzctl.errors import ConfigError
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return
+    key = "hydra.sweep.dir" if _multirun(args) else "hydra.run.dir"
+    value = _override(args, key) or "outputs/..."  # the default: outputs/<date>/<time>
+    static = value.split("${")[0].removesuffix("...")  # interpolations resolve later
+    probe = Path(static or ".").absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={value}: {probe} is a file, not a directory; the run's files cannot go there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value}: cannot create the run directory: {probe} is not writable (read-only or no permission)")
 
 
 # -- node -----------------------------------------------------------------------------
@@ -227,6 +276,7 @@ def cmd_list(rest: list[str]) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"{args.kind} ({KINDS[args.kind]}=<name>)", title_justify="left")
     t.add_column("name", style="bold")
@@ -234,7 +284,7 @@ def cmd_list(rest: list[str]) -> int:
     t.add_column("description")
     for e in entries:
         params = ", ".join(f"{k}={v['default']}" for k, v in e["params"].items())
-        t.add_row(e["name"], params, e["doc"])
+        t.add_row(Text(e["name"]), Text(params), Text(e["doc"]))  # Text: "[lo, hi]" in a doc is not markup
     Console().print(t)
     return 0
 

@@ -525,8 +525,24 @@ def heatmap_f_heterogeneity(jobs: list[Job], path: Path) -> bool:
     return True
 
 
-def curves(rule: str, jobs: list[Job], path: Path) -> None:
-    """Accuracy and loss against rounds, one line per job of this rule."""
+def evaluated_once(jobs: list[Job]) -> list[Job]:
+    """Jobs with at most one evaluated round (rounds < eval_every evaluates only the last):
+    their curves are single points."""
+    return [j for j in jobs if len({p.round for p in j.run.curve if p.accuracy is not None}) <= 1]
+
+
+def once_warning(jobs: list[Job]) -> str:
+    """A line saying which jobs have no curve to draw and why, or '' when all have one."""
+    once = evaluated_once(jobs)
+    if not once:
+        return ""
+    settings = sorted({f"rounds={j.run.config.get('rounds')}, eval_every={j.run.config.get('eval_every')}" for j in once})
+    return (f"{len(once)} of {len(jobs)} runs evaluated at most once ({'; '.join(settings)}): their curves are single "
+            f"points at the last round; set eval_every <= rounds / 2 for curves")
+
+
+def curves(rule: str, jobs: list[Job], path: Path) -> Any:
+    """Accuracy and loss against rounds, one line per job of this rule; returns the Figure."""
     fig = _figure(*CURVES_SIZE)
     ax_acc, ax_loss = fig.subplots(1, 2)
     colors = _colors(len(jobs))
@@ -550,9 +566,18 @@ def curves(rule: str, jobs: list[Job], path: Path) -> None:
         ax_loss.set_yscale("log")  # a diverging run would flatten every other curve
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+    last = max((p.round for j in jobs for p in j.run.curve), default=0)
+    if len(evaluated_once(jobs)) == len(jobs) and last > 0:
+        # Single points: matplotlib would centre each on an axis one round wide (19 to 21);
+        # show them on the run's whole span instead, and say why there is no curve.
+        for ax in (ax_acc, ax_loss):
+            ax.set_xlim(0, last * 1.05)
+            ax.text(0.5, 0.5, f"one evaluation per run (round {last}): no curve; set eval_every <= rounds / 2",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="#555555")
     if any(j.run.curve for j in jobs):
         ax_acc.legend(fontsize=7, loc="best", ncol=1 if len(jobs) <= 8 else 2)
     fig.savefig(path, dpi=DPI)
+    return fig
 
 
 CURVES_SIZE = (11.0, 4.0)
@@ -604,6 +629,9 @@ def report(root: Path, out: Path) -> tuple[str, list[Path]]:
     names = sorted({str(j.run.config.get("name")) for j in jobs if j.run.config.get("name") not in (None, "byzctl")})
     md = [f"# byzctl report: {', '.join(names) + ' in ' if names else ''}{root}", ""]
     md.append(f"{len(jobs)} run{'s' if len(jobs) != 1 else ''}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    warning = once_warning(jobs)
+    if warning:
+        md += ["", f"Warning: {warning}."]
     if common:
         typed = {k.lstrip("+~"): k for run in runs for k, _, _ in (ov.partition("=") for ov in run.overrides)}
         md += ["", "Common overrides: " + " ".join(f"`{typed.get(k, k)}={v}`" for k, v in common.items())]

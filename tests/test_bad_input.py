@@ -139,6 +139,21 @@ RUN_CASES = [
     pytest.param(["topology.max_message_mb=0.1"], "max_message_mb=0.1 is too small for model=mlp", id="model over the message size", marks=slow),
     pytest.param(["topology.join_timeout=0"], "join_timeout=0", id="zero join timeout", marks=slow),
     pytest.param(["topology.peer_timeout=-1"], "peer_timeout=-1", id="negative peer timeout", marks=slow),
+    # values that used to get through (issue 17, point 13)
+    pytest.param(["weight_decay=nan"], "weight_decay=nan", id="weight decay nan"),
+    pytest.param(["weight_decay=inf"], "weight_decay=inf", id="weight decay inf", marks=slow),
+    pytest.param(["attack=gaussian", "attack.sigma=nan"], "sigma=nan", id="gaussian sigma nan"),
+    pytest.param(["attack=gaussian", "attack.sigma=inf"], "sigma=inf", id="gaussian sigma inf", marks=slow),
+    pytest.param(["seed=99999999999999999999"], "seed=99999999999999999999", id="seed beyond 64 bits"),
+    pytest.param(["seed=-1"], "seed=-1", id="negative seed", marks=slow),
+    pytest.param(["dataset.partition=dirichlet", "dataset.alpha=1e-300", "nodes.honest=8"], "alpha=1e-300 left nodes",
+                 id="dirichlet alpha leaves nodes without data", marks=slow),
+    pytest.param(["topology.peer_timeout=0.1"], "peer_timeout=0.1", id="peer timeout below the heartbeat interval", marks=slow),
+    pytest.param(["topology.peer_timeout=0.9"], "heartbeat_interval=0.5", id="peer timeout below two heartbeats", marks=slow),
+    pytest.param(["topology.round_timeout=0.01"], "round_timeout=0.01", id="tiny round timeout", marks=slow),
+    pytest.param(["nodes.honest=500"], "502 node processes", id="more processes than memory"),
+    pytest.param(["topology=local", "nodes.honest=400", "graph=ring", "nodes.byzantine=0"], "need about 160000 MB",
+                 id="more peers than memory", marks=slow),
 ]
 
 
@@ -149,6 +164,70 @@ def test_run_rejects_bad_input_before_launching(files, args, expect):
     proc = byzctl("run", *args, f"hydra.run.dir={out}", cwd=files, timeout=240)
     _assert_clear(proc.returncode, proc.stdout + proc.stderr, expect)
     assert not list(out.glob("nodes/*.log")), "a node process was started"
+
+
+def _mount_read_only(path: Path) -> bool:
+    """A read-only directory at `path`: a read-only tmpfs as root (root writes through
+    mode bits), else mode 555. False if neither holds."""
+    import os
+    import subprocess
+
+    path.mkdir()
+    if os.geteuid() == 0:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    path.chmod(0o555)
+    return True
+
+
+@pytest.mark.parametrize("where", ["read-only", "a file", "under a file"])
+def test_run_into_a_directory_that_cannot_be_made(tmp_path, where):
+    import subprocess
+
+    ro = tmp_path / "ro"
+    if where == "read-only":
+        if not _mount_read_only(ro):
+            pytest.skip("no read-only directory can be made here")
+        target, expect = ro / "run", f"{ro} is not writable"
+    else:
+        (tmp_path / "f").write_text("x")
+        target, expect = (tmp_path / "f") if where == "a file" else (tmp_path / "f" / "run"), f"{tmp_path / 'f'} is a file"
+    try:
+        proc = byzctl("run", "rounds=5", f"hydra.run.dir={target}", cwd=tmp_path, timeout=240)
+        _assert_clear(proc.returncode, proc.stdout + proc.stderr, f"hydra.run.dir={target}")
+        assert expect in _flat(proc.stderr), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    finally:
+        if where == "read-only":
+            subprocess.run(["umount", str(ro)], capture_output=True)
+            ro.chmod(0o755)
+
+
+def test_the_memory_check_counts_the_processes_this_host_starts_and_can_be_turned_off(compose):
+    from byzctl.config.experiment import NODE_PROCESS_MB, Experiment, mem_available_mb
+    from byzctl.errors import ConfigError
+
+    have = mem_available_mb()
+    assert have is not None and have > 0
+    many = have // NODE_PROCESS_MB + 2  # honest workers past what fits, plus the server and one Byzantine
+    exp = Experiment.from_cfg(compose([f"nodes.honest={many}"]))
+    with pytest.raises(ConfigError, match=f"nodes.honest={many}, nodes.byzantine=1: {many + 2} node processes on this host need about {(many + 2) * NODE_PROCESS_MB} MB"):
+        exp.check_memory(len(exp.local_nodes()))
+    Experiment.from_cfg(compose(["nodes.honest=4"])).check_host()  # the default fits
+    off = Experiment.from_cfg(compose([f"nodes.honest={many}", "memory_check=false"]))
+    assert off.hash == exp.hash, "memory_check is host-local: not part of the config hash"
+    off.check_host()
+
+
+def test_a_tiny_dirichlet_alpha_gives_whole_classes_not_nan():
+    from byzctl.data.partition import partition
+
+    labels = torch.arange(1000) % 10
+    parts = partition(labels, 4, scheme="dirichlet", seed=1, alpha=1e-300)  # seed 0 leaves a node no class: refused
+    joined = torch.cat(parts).sort().values
+    assert torch.equal(joined, torch.arange(1000)), "the shards are not a partition of the samples"
+    for p in parts:  # each class went whole to one node: the alpha -> 0 limit
+        for c in labels[p].unique():
+            assert (labels[p] == c).sum() == 100
 
 
 def test_run_with_debug_shows_the_traceback(tmp_path):

@@ -242,6 +242,27 @@ def test_single_run_report(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_runs_shorter_than_eval_every_are_warned_about_and_drawn_on_their_span(tmp_path, capsys):
+    grid = [{"ov": ["aggregator=mean", f"attack={a}"], "aggregator": "mean", "attack": a, "accs": [acc], "rounds": 20, "eval_every": 25}
+            for a, acc in (("sign_flip", 0.6), ("alie", 0.4))]
+    root = sweep(tmp_path / "sweep", grid, common=["rounds=20", "eval_every=25"])
+    assert report.main([str(root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Warning: 2 of 2 runs evaluated at most once (rounds=20, eval_every=25): their curves are single points" in out
+    fig = report.curves("mean", report.make_jobs(Run_list(root), root)[0], tmp_path / "c.png")
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        assert lo == 0 and 20 <= hi <= 22, (lo, hi)  # the run's span, not 19..21 around one dot
+        assert any("one evaluation per run" in t.get_text() for t in ax.texts)
+    image(tmp_path / "c.png")
+    # runs with curves get no warning and no note
+    fine = sweep(tmp_path / "fine", [dict(j) for j in RULE_ATTACK])
+    report.main([str(fine)])
+    assert "Warning" not in capsys.readouterr().out
+    fig = report.curves("mean", report.make_jobs(Run_list(fine), fine)[0], tmp_path / "d.png")
+    assert not fig.axes[0].texts
+
+
 def test_decentralized_rows_give_mean_worst_and_consensus(tmp_path):
     grid = [
         {"ov": ["aggregator=cw_median"], "aggregator": "cw_median", "peers": True, "accs": [0.4, 0.6, 0.7]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,12 +24,12 @@ def gaussian(
     CPU generator gives the same vectors whether `honest` lives on CPU or CUDA.
 
     Raises:
-        RuleError: if f < 0, sigma < 0, `honest` is not a floating (h, d) tensor, or no
+        RuleError: if f < 0, sigma < 0 or not finite, `honest` is not a floating (h, d) tensor, or no
             generator is given (the attack draws only from an explicit, seeded generator).
     """
     _, d = check_honest(honest, f, "gaussian", min_h=0)
-    if sigma < 0:
-        raise RuleError(f"gaussian: sigma must be >= 0. Got sigma={sigma}")
+    if not 0 <= sigma < math.inf:
+        raise RuleError(f"gaussian: sigma must be >= 0 and finite. Got sigma={sigma}")
     if generator is None:
         raise RuleError(
             "gaussian draws only from an explicit generator; pass generator=torch.Generator().manual_seed(seed)"
@@ -61,5 +62,5 @@ class Gaussian(Attack):
     uses_context: ClassVar[tuple[str, ...]] = ("generator",)
 
     def __post_init__(self) -> None:
-        if self.sigma < 0:
-            raise ConfigError(f"attack.sigma must be >= 0. Got sigma={self.sigma}")
+        if not 0 <= self.sigma < math.inf:
+            raise ConfigError(f"attack.sigma must be >= 0 and finite. Got sigma={self.sigma}")

@@ -15,7 +15,8 @@ from byzctl.aggregators.base import Aggregator
 from byzctl.attacks.base import Attack, Knowledge
 from byzctl.config.build import build
 from byzctl.config.schema import LauncherKind, Security, SecurityKind
-from byzctl.data.base import Dataset
+from byzctl.data.base import Dataset, Partition
+from byzctl.data.partition import partition
 from byzctl.errors import ByzctlError, ConfigError
 from byzctl.loggers.base import Logger
 from byzctl.loggers.none import NoLogger
@@ -28,8 +29,28 @@ from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
 from byzctl.transport.sockets import probe_bind
 
-HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger")
+HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger", "memory_check")
 """Keys that say how this host joins or records the run, not what the run is: not hashed."""
+
+MIN_ROUND_TIMEOUT_S = 1.0
+"""Shortest topology.round_timeout allowed: rounds measured 0.3-0.5 s on 2 cores (README,
+`byzctl bench rounds`), and a loaded machine stretches them; below 1 s rounds time out."""
+
+NODE_PROCESS_MB = 400
+"""Memory of one node process (PSS): a 6-process ps run holds ~2.42 GB, flat over 1,000
+rounds (FACTS.md); each process imports torch on its own (~855 MB RSS, shared pages)."""
+
+
+def mem_available_mb() -> int | None:
+    """This host's MemAvailable (/proc/meminfo) in MB, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -153,8 +174,11 @@ class Experiment:
             raise ConfigError(f"lr must be > 0 and finite. Got lr={c.lr}")
         if not 0 <= c.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1). Got momentum={c.momentum}")
-        if c.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0. Got weight_decay={c.weight_decay}")
+        if not 0 <= c.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be >= 0 and finite. Got weight_decay={c.weight_decay}")
+        if not 0 <= c.seed < 2**63:  # torch generators take 64-bit seeds
+            raise ConfigError(f"seed must be in [0, 2**63). Got seed={c.seed}")
+        self.check_timeouts()
         if self.remote and not c.get("cluster"):
             raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
         _ = self.cluster  # parse the cluster file and check it against the plan now
@@ -165,6 +189,18 @@ class Experiment:
             self.check_graph()
         else:
             self.check_rule(self.n)
+
+    def check_timeouts(self) -> None:
+        """Deadlines a run can meet (Topology checks each is positive; these relate them)."""
+        t = self.topology
+        if t.peer_timeout < 2 * t.heartbeat_interval:
+            raise ConfigError(
+                f"topology.peer_timeout={t.peer_timeout} must be at least two heartbeat intervals "
+                f"(topology.heartbeat_interval={t.heartbeat_interval}), or live nodes are declared lost between heartbeats")
+        if t.round_timeout < MIN_ROUND_TIMEOUT_S:
+            raise ConfigError(
+                f"topology.round_timeout={t.round_timeout} is shorter than a round can take "
+                f"(a message round trip plus a gradient step); use >= {MIN_ROUND_TIMEOUT_S}")
 
     def check_listeners(self) -> None:
         """No two listening sockets of a cluster file (the monitor, the server or relay,
@@ -251,11 +287,25 @@ class Experiment:
         if self.dataset.ship or any(specs[i].role is not Role.relay for i in local):
             self.check_data()
         self.check_ports(local)
+        if self.cfg.get("memory_check", True):
+            self.check_memory(len(local))
+
+    def check_memory(self, processes: int) -> None:
+        """The node processes this launcher starts fit in this host's available memory."""
+        need, have = processes * NODE_PROCESS_MB, mem_available_mb()
+        if have is not None and need > have:
+            raise ConfigError(
+                f"nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {processes} node processes on this host "
+                f"need about {need} MB ({NODE_PROCESS_MB} MB each) but only {have} MB is available (MemAvailable); "
+                f"run fewer nodes, or set memory_check=false to launch anyway")
 
     def check_data(self) -> None:
         """The dataset loads here (for a csv: every row parses), the model builds for its
         inputs, and the largest message of the run fits in topology.max_message_mb."""
         shape, classes = self.dataset.peek(int(self.cfg.seed))
+        if Partition(self.dataset.partition) is Partition.dirichlet:  # a small alpha may leave a node no data
+            splits = self.dataset.load(int(self.cfg.seed))
+            partition(splits.y_train, self.honest, scheme=Partition.dirichlet, seed=int(self.cfg.seed), alpha=self.dataset.alpha)
         try:
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
                 params = list(self.model.build(shape, classes).parameters())

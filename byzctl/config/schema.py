@@ -149,6 +149,9 @@ class Config:
     """Path of a cluster file (YAML or JSON) placing nodes on hosts and ports."""
     local_nodes: list[int] | None = None
     """launcher=remote: ids to start on this host; null: those the cluster file places here."""
+    memory_check: bool = True
+    """Refuse to launch when the node processes this host starts (about 400 MB each) do not
+    fit in its available memory; false launches anyway (not hashed)."""
 
 
 GROUPS: dict[str, tuple[str, type]] = {

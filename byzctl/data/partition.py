@@ -84,5 +84,11 @@ def _seeded_dirichlet(conc: Tensor, gen: torch.Generator) -> Tensor:
     import numpy as np
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    g = np.random.default_rng(seed).standard_gamma(conc.numpy())
+    rng = np.random.default_rng(seed)
+    g = rng.standard_gamma(conc.numpy())
+    if not g.sum() > 0:
+        # Every draw underflowed to 0 (alpha around 1e-3 or below), and 0/0 would be NaN:
+        # take Dirichlet's alpha -> 0 limit instead, the whole class to one node.
+        g = np.zeros_like(g)
+        g[rng.integers(len(g))] = 1.0
     return torch.from_numpy(g / g.sum())

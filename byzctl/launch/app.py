@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def run(cfg: DictConfig) -> float | None:
 
     global STARTED
     STARTED = True
+    started = time.time()
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -48,15 +50,19 @@ def run(cfg: DictConfig) -> float | None:
         if done is not None and multirun:
             log.info("job %s already completed in %s: skipped", hc.job.num, out)
             return done.get("test_accuracy")
+        if resume:
+            _resume_checkpoint(out)
         exp.check_host()
         exp.warm()
         # LocalLauncher.run records and returns whatever ends a started run; a ByzctlError
         # escaping it means nothing started (the monitor could not bind).
         summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
     except ByzctlError as exc:
-        # Recorded in this invocation's own directory: a refused resume leaves the run it
-        # names as it was, still resumable.
-        RunDir(hc.runtime.output_dir).end("FAILED", f"{type(exc).__name__}: {exc}")
+        # Recorded in this invocation's own directory, unless that is the run a refused
+        # resume names (`byzctl run resume=DIR` runs in DIR): that run stays as it was,
+        # every file of it, still resumable.
+        if not (resume and Path(hc.runtime.output_dir).resolve() == out.resolve()):
+            RunDir(hc.runtime.output_dir).refused(f"{type(exc).__name__}: {exc}", started=started)
         debug = os.environ.get("HYDRA_FULL_ERROR") == "1"  # byzctl run --debug sets it
         if multirun:
             log.error("job %s failed: %s", hc.job.num, exc, exc_info=debug)
@@ -100,6 +106,26 @@ def _resume_target(path: Path) -> tuple[Path, DictConfig]:
     if not resolved.is_file():
         raise ConfigError(f"resume={path}: not a byzctl run directory (no config.yaml)")
     return path, load_resolved(resolved, f"resume={path}")
+
+
+def _resume_checkpoint(path: Path) -> Path:
+    """The checkpoint a resume of `path` continues from: the newest intact one, saying
+    which damaged ones it skipped. Refuses (ConfigError, before anything is written)
+    when there is none, or none intact."""
+    from byzctl.errors import ConfigError
+    from byzctl.launch.checkpoints import intact_checkpoint
+
+    folder = path / "checkpoints"
+    try:
+        found = intact_checkpoint(folder)
+    except ConfigError as exc:
+        raise ConfigError(f"resume={path}: {exc}; nothing was changed") from None
+    if found is None:
+        raise ConfigError(f"resume={path}: no checkpoint in {folder}; nothing was changed")
+    chosen, damaged = found
+    for bad, why in damaged:
+        log.warning("resume=%s: checkpoint %s is damaged (%s); falling back to %s", path, bad.name, why, chosen.name)
+    return chosen
 
 
 def hydra_entry() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -337,8 +338,14 @@ class LocalLauncher:
 
 
 def _last_line(path: Path) -> str:
+    """The last line the node wrote to its log (for a failure reason): the launcher's own notes
+    in it (`_note`) are skipped, they say nothing the reason does not."""
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and not _NOTE.match(ln)]
     except OSError:
         return ""
-    return lines[-1] if lines else ""
+    return lines[-1] if lines else f"nothing in its log ({path})"
+
+
+_NOTE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d launcher: ")
+"""A line `LocalLauncher._note` appended to a node's log."""

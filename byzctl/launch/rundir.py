@@ -51,6 +51,12 @@ class RunDir:
     def end(self, state: str, reason: str = "", **info: Any) -> None:
         self.update(state=state, reason=reason, ended=time.time(), **info)
 
+    def refused(self, reason: str, started: float) -> None:
+        """Record a run that never launched (a failed check): FAILED, with when it was
+        asked for (`started`) and refused (`ended`)."""
+        self.info = {"state": "FAILED", "started": started, "ended": time.time(), "reason": reason}
+        write_json(self.run_json, self.info)
+
     def metric(self, row: dict[str, Any]) -> None:
         if self._metrics is None:
             self._metrics = open(self.path / "metrics.jsonl", "a")

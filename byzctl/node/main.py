@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,8 +28,41 @@ log = logging.getLogger("byzctl.node")
 ROLES: dict[Role, type[NodeRuntime]] = {Role.server: PsServer, Role.worker: PsWorker, Role.peer: Peer, Role.relay: HubRelay}
 
 
+_stopping = False
+"""Set once SIGTERM raised its SystemExit: a second SIGTERM (the launcher's reap of the
+whole process group) finds the node already on its way out."""
+
+
 def _terminate(signum: int, _frame: object) -> None:
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     raise SystemExit(128 + signum)
+
+
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """A SIGTERM that lands while Python runs a finalizer (a socket's or frame's __del__,
+    an atexit callback) raises its SystemExit where Python can only print it, traceback
+    and all ("Exception ignored in ... SystemExit: 143"), and goes on. Print nothing and
+    deliver the signal again, from a thread a moment later (a signal sent from here would
+    land inside this hook, where its exception is lost too): it lands in ordinary code,
+    which exits."""
+    global _stopping
+    if isinstance(args.exc_value, SystemExit) and args.exc_value.code == 128 + signal.SIGTERM:
+        _stopping = False
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(args)
+
+
+def handle_sigterm() -> None:
+    """SIGTERM stops the node through SystemExit(143), so `finally` blocks close its
+    sockets; no traceback of it ever reaches the node's log."""
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _unraisable
 
 
 def _alive(pid: int) -> bool:
@@ -60,7 +94,7 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
     or the coordinator was lost (the node then saves its state under `state_dir`)."""
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s node{node_id}: %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
+    handle_sigterm()
     torch.set_num_threads(exp.cfg.device.threads)
     plan = {s.id: s for s in exp.plan()}
     if node_id not in plan:
@@ -100,8 +134,10 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
         except Exception:  # noqa: BLE001 - the monitor may be gone already
             pass
         return 1
-    except SystemExit:
+    except SystemExit as exc:
         node.state = "stopped"
+        if exc.code == 128 + signal.SIGTERM:
+            log.info("stopped by SIGTERM (exit code %s)", exc.code)  # the line a failure reason quotes
         raise
     finally:
         node.close()
