@@ -8,13 +8,15 @@ never decodes a payload, computes nothing and keeps nothing.
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
 
 from byzctl.errors import WireError
-from byzctl.node.runtime import NodeRuntime, identity
+from byzctl.node.runtime import DRAIN_BUDGET_S, NodeRuntime, identity
 from byzctl.node.shards import Shard
 from byzctl.transport import curve, sockets
+from byzctl.transport.drops import Reason, shown
 from byzctl.transport.wire import decode
 
 log = logging.getLogger("byzctl.node")
@@ -37,33 +39,38 @@ class HubRelay(NodeRuntime):
         pass
 
     def on_tick(self, now: float) -> None:
+        until = now + DRAIN_BUDGET_S
         while sockets.readable(self.sock):
             frames = self.sock.recv_multipart(copy=False)
+            src = frames[0].bytes
             if len(frames) < 3:
-                self.dropped += 1
+                self.drop(src, Reason.malformed, f"{len(frames) - 1} frame(s); expected a destination and a message")
                 continue
-            src, dest = frames[0].bytes, frames[1].bytes
+            dest = frames[1].bytes
             if dest == b"":
                 self._hello(src, frames[1], frames[2:])
                 continue
             sender, to = self.names.get(src), _node_of(dest)
-            if sender is not None and to in self.routes and sender in self.graph.get(to, set()):
+            if sender is None:
+                self.drop(src, Reason.unknown_sender, f"to {shown(dest)}")
+            elif to not in self.routes or sender not in self.graph.get(to, set()):
+                self.drop(src, Reason.no_edge, f"node {sender} -> {shown(dest)}")
+            else:
                 try:
                     # stamp the true sender; the recipient trusts the relay for it
                     self.sock.send_multipart([self.routes[to], identity(sender), *frames[2:]], flags=zmq.NOBLOCK, copy=False)
                     self.forwarded += 1
                 except (zmq.Again, zmq.ZMQError):
-                    self.dropped += 1
-            else:
-                self.dropped += 1
-                log.warning("relay dropped a message %r -> %r (unknown peer or no such edge)", src, dest)
+                    self.drop(src, Reason.queue_full, f"node {sender} -> node {to}")
+            if time.monotonic() > until:
+                break  # the loop comes back at once; meanwhile it heartbeats and reads the monitor
+        self.drops.flush()
 
     def _hello(self, src: bytes, first: zmq.Frame, frames: list[zmq.Frame]) -> None:
         try:
             msg = decode(frames, max_bytes=0)
         except WireError as exc:
-            self.dropped += 1
-            log.warning("relay dropped a malformed hello from %r: %s", src, exc)
+            self.drop(src, Reason.malformed, f"hello: {exc}")
             return
         genuine = curve.authenticated_id(first) == msg.sender if self.ring is not None else src == identity(msg.sender)
         if msg.kind == "hello" and genuine and msg.meta.get("hash") == self.exp.hash and msg.sender in self.graph:
@@ -71,7 +78,7 @@ class HubRelay(NodeRuntime):
             self.names[src] = msg.sender
             self.routes[msg.sender] = src
         else:
-            log.warning("relay refused hello from %r claiming node %s (hash %s)", src, msg.sender, msg.meta.get("hash"))
+            self.drop(src, Reason.refused_hello, f"{msg.kind} claiming node {msg.sender}, hash {shown(msg.meta.get('hash'))}")
 
     def next_deadline(self) -> float | None:
         return None

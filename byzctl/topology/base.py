@@ -46,8 +46,10 @@ class Topology:
     _target_: str = "byzctl.topology.base.Topology"
     name: str = ""
     """The topology's name, as in `topology=<name>`."""
-    transport: Transport = Transport.tcp
-    """tcp (loopback or across machines) or ipc (one machine, unix sockets)."""
+    transport: Transport = Transport.ipc
+    """How nodes listen when no cluster file places them (every node on this machine):
+    ipc (default: unix sockets in a private 0700 directory, which other local users
+    cannot reach) or tcp on `host`. A cluster file's places are always TCP."""
     host: str = "127.0.0.1"
     """Address nodes bind and connect to when no cluster file places them."""
     round_timeout: float = 60.0
