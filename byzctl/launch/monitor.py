@@ -17,7 +17,6 @@ import zmq
 from rich.table import Table
 
 from byzctl.config.experiment import Experiment
-from byzctl.errors import WireError
 from byzctl.launch.checkpoints import NodeStates
 from byzctl.launch.rundir import RunDir
 from byzctl.node.runtime import identity

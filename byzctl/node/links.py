@@ -51,6 +51,7 @@ class MeshLinks(Links):
         topo = node.topo
         self.inbox = sockets.router(node.ctx, sndhwm=topo.sndhwm, max_bytes=node.max_bytes)
         self.bound = node.bind_here(self.inbox)
+        log.info("inbox endpoint %s", self.bound)
         node.add_socket(self.inbox, routed=True)
         self.dealers: dict[int, zmq.Socket] = {}
         self.known: dict[bytes, int] = {}

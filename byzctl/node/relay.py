@@ -26,6 +26,7 @@ class HubRelay(NodeRuntime):
     def setup(self, shard: Shard | None) -> None:
         self.sock = sockets.router(self.ctx, sndhwm=max(self.topo.sndhwm * 4, 16), max_bytes=self.max_bytes)
         self.bound = self.bind_here(self.sock)
+        log.info("relay endpoint %s", self.bound)
         self.poller.register(self.sock, zmq.POLLIN)
         self.graph = self.exp.neighbours()
         self.names: dict[bytes, int] = {}  # routing id -> node id, from authenticated hellos
