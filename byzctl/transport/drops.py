@@ -29,14 +29,14 @@ MAX_PAIRS = 256
 class Reason(enum.Enum):
     """Why a message was dropped; the value is how a log line says it."""
 
-    malformed = "malformed message"
-    unauthenticated = "sender not authenticated"
-    other_run = "message of another run"
+    malformed = "malformed"
+    unauthenticated = "not authenticated"
+    other_run = "another run"
     unknown_sender = "unknown sender"
     refused_hello = "refused hello"
-    unexpected = "unexpected message"
+    unexpected = "unexpected"
     no_edge = "no such edge"
-    queue_full = "send (peer gone or not reading)"
+    queue_full = "not sent: peer gone or not reading"
 
 
 def shown(value: object, limit: int = SENDER_CHARS) -> str:
@@ -79,7 +79,7 @@ class DropLog:
                 pair.count += 1
             else:
                 self._pairs[key] = _Pair(since=now)
-                self._line(f"{self.who} dropped a {reason.value} from {who}: {shown(detail, LINE_CHARS)}")
+                self._line(f"{self.who} dropped a message from {who} ({reason.value}): {shown(detail, LINE_CHARS)}")
         else:
             pair.count += 1
         self.flush(now)
@@ -98,7 +98,7 @@ class DropLog:
         for key, pair in list(self._pairs.items()):
             if pair.count:
                 who, reason = key
-                self._line(f"{self.who} dropped {pair.count} more {reason.value}(s) from {who} in the last {now - pair.since:.0f}s")
+                self._line(f"{self.who} dropped {pair.count} more messages from {who} ({reason.value}) in the last {now - pair.since:.0f}s")
                 pair.count, pair.since = 0, now
             elif now - pair.since > FORGET * self.every:
                 del self._pairs[key]
