@@ -99,7 +99,7 @@ class Monitor:
             if why:
                 self.drops.drop(ident, Reason.unauthenticated, f"{msg.kind} for node {msg.sender}: {why}")
                 continue
-            self._handle(ident, msg, True)
+            self._handle(ident, msg)
         self.drops.flush()
 
     def _forged(self, ident: bytes, first: Any, msg: Message) -> str:
@@ -130,9 +130,10 @@ class Monitor:
         msg = Message(kind=kind, run=self.run_id, sender=-1, meta=meta, tensors=list(tensors or []))
         sockets.send(self.sock, msg, to=self.routes.get(node_id, identity(node_id)), block=False)
 
-    def _handle(self, ident: bytes, msg: Message, genuine: bool) -> None:
+    def _handle(self, ident: bytes, msg: Message) -> None:
+        """One message `poll` has found to be node `msg.sender`'s own (`_forged`)."""
         st = self.nodes.get(msg.sender)
-        if st is None or not genuine:
+        if st is None:
             self.drops.drop(ident, Reason.unknown_sender, f"{msg.kind} from node {msg.sender}")
             return
         if msg.kind == "hello":  # a remote node does not know the run id yet
