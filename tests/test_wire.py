@@ -68,3 +68,41 @@ def test_malformed_messages_are_rejected(frames, match):
 def test_encode_refuses_unknown_kind():
     with pytest.raises(WireError, match="kind"):
         encode(Message(kind="nope"))
+
+
+def control(kind: str, **meta) -> list[bytes]:
+    return [msgpack.packb({"v": PROTOCOL_VERSION, "k": kind, "run": "r", "r": 1, "s": 1, "t": [], "m": meta}, use_bin_type=True)]
+
+
+@pytest.mark.parametrize("frames,match", [
+    (control("hello"), "hello message lacks meta field 'hash'"),
+    (control("hello", hash=["x"]), "bad meta field hash"),
+    (control("hello", hash="x", endpoints=5), "bad meta field endpoints"),
+    (control("hello", hash="x", endpoints={"data": 5}), "bad meta field endpoints"),
+    (control("heartbeat", loss="abc"), "bad meta field loss"),
+    (control("heartbeat", loss=True), "bad meta field loss"),
+    (control("heartbeat", state=["x"]), "bad meta field state"),
+    (control("metric", round=1, test_loss=0.1), "metric message lacks meta field 'test_accuracy'"),
+    (control("metric", round="1", test_accuracy=0.5, test_loss=0.1), "bad meta field round"),
+    (control("metric", round=1, test_accuracy=None, test_loss=0.1), "bad meta field test_accuracy"),
+    (control("done", test_accuracy="x"), "bad meta field test_accuracy"),
+    (control("state", round="x", names=[]), "bad meta field round"),
+    (control("state", round=1, names=[1]), "bad meta field names"),
+    (control("lost", back=True), "lost message lacks meta field 'node'"),
+    (control("stop", checkpoint="yes"), "bad meta field checkpoint"),
+])
+def test_the_meta_fields_handlers_read_are_checked_by_decode(frames, match):
+    with pytest.raises(WireError, match=match):
+        decode(frames, max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize("frames", [
+    control("hello", hash="x", role="worker", endpoints={"data": "ipc:///tmp/x"}, pid=7),
+    control("heartbeat", loss=float("nan"), state="running", dropped=3),
+    control("metric", round=10, test_accuracy=0.9, test_loss=0.3, node=0, role="server", time=1.5, extra=[1, {"a": None}]),
+    control("done", state="done", test_accuracy=None, test_loss=None, rounds_completed=3),
+    control("stop", reason="x", checkpoint=True),
+    control("vector", anything={"goes": [1]}),
+])
+def test_well_formed_meta_passes(frames):
+    decode(frames, max_bytes=LIMIT)

@@ -30,6 +30,7 @@ from byzctl.errors import ByzctlError, ConfigError, PeerError
 from byzctl.launch.monitor import Monitor, NodeStatus
 from byzctl.launch.rundir import RunDir, read_json
 from byzctl.loggers import RunContext, headline
+from byzctl.transport.sockets import private_ipc_dir
 
 log = logging.getLogger("byzctl")
 
@@ -98,7 +99,9 @@ class LocalLauncher:
         cluster = exp.cluster
         # A monitor that cannot bind raises here, before anything started or was recorded:
         # the caller reports it like a failed check (launch/app.py).
-        monitor = Monitor(exp, self.run_id, rundir, bind=cluster.monitor.bind if cluster else "tcp://127.0.0.1:*")
+        # One machine: the control socket is a unix socket in a private (0700) directory,
+        # out of other local users' reach; with a cluster file, TCP where it says.
+        monitor = Monitor(exp, self.run_id, rundir, bind=cluster.monitor.bind if cluster else f"ipc://{private_ipc_dir()}/monitor")
         self.control = cluster.monitor.advertised if cluster else monitor.endpoint
         old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.monotonic()
@@ -120,6 +123,7 @@ class LocalLauncher:
             spawned = time.monotonic()
             self.spawn(monitor, resolved)
             rundir.update(pids={str(i): p.pid for i, p in self.procs.items()})
+            monitor.pids = {i: p.pid for i, p in self.procs.items()}
             self._supervise(monitor, spawned)
         except Interrupted as exc:
             self.state, self.reason = "INTERRUPTED", f"interrupted by {exc}"

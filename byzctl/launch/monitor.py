@@ -8,6 +8,7 @@ figures, and can stop every node.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 from byzctl.config.experiment import Experiment
-from byzctl.errors import WireError
 from byzctl.launch.checkpoints import NodeStates
 from byzctl.launch.rundir import RunDir
 from byzctl.node.runtime import identity
 from byzctl.topology.base import NodeSpec, Role
 from byzctl.transport import curve, sockets
+from byzctl.transport.drops import DropLog, Reason
 from byzctl.transport.wire import Message
 
 log = logging.getLogger("byzctl")
@@ -66,7 +67,10 @@ class Monitor:
             self.close()  # the port is taken: leave no context or ZAP thread behind
             raise
         self.routes: dict[int, bytes] = {}
-        self.dropped = 0
+        self.drops = DropLog(log, "monitor")
+        self.pids: dict[int, int] = {}
+        """The process the launcher started for each local node. On an ipc:// control socket
+        only that process may speak for the node (the kernel names the sender: SO_PEERCRED)."""
         self.nodes = {s.id: NodeStatus(s) for s in exp.plan()}
         self.welcomed = False
         self.refused: list[str] = []
@@ -82,28 +86,50 @@ class Monitor:
         """Evaluation lines for the console, taken (and cleared) by the launcher."""
 
     # -- messages ---------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        return self.drops.total
+
     def poll(self, timeout_ms: int) -> None:
         if not self.sock.poll(timeout_ms):
+            self.drops.flush()
             return
         while sockets.readable(self.sock):
-            ident: bytes | None
+            ident, body = sockets.recv_frames(self.sock, routed=True)
+            ident = ident or b""
             try:
                 if self.ring is not None:  # the sender is the key's owner, checked on receive
-                    ident, _, msg = curve.recv_authenticated(self.sock, max_bytes=self.max_bytes)
-                    genuine = True
+                    _, msg = curve.authenticate(ident, body, max_bytes=self.max_bytes)
                 else:
-                    ident, msg = sockets.recv(self.sock, routed=True, max_bytes=self.max_bytes)
-                    genuine = ident == identity(msg.sender)
-            except WireError as exc:
-                self.dropped += 1
-                log.warning("monitor dropped a message: %s", exc)
+                    msg = sockets.recv_body(ident, body, max_bytes=self.max_bytes)
+            except sockets.Rejected as exc:
+                self.drops.drop(ident, Reason.malformed, exc)
                 continue
-            try:
-                self._handle(ident or b"", msg, genuine)
-            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-                # a node of the run sent well-formed nonsense: drop it, keep the run
-                self.dropped += 1
-                log.warning("monitor dropped %s from node %s: %s", msg.kind, msg.sender, exc)
+            why = self._forged(ident, body[0], msg)
+            if why:
+                self.drops.drop(ident, Reason.unauthenticated, f"{msg.kind} for node {msg.sender}: {why}")
+                continue
+            self._handle(ident, msg)
+        self.drops.flush()
+
+    def _forged(self, ident: bytes, first: Any, msg: Message) -> str:
+        """Why a message cannot be node `msg.sender`'s own ("" if it can): under CURVE the
+        key said who sent it; otherwise the routing id must be the node's, and on ipc://
+        the sending process must be the one the launcher started for that node."""
+        if self.ring is not None:
+            return ""
+        if ident != identity(msg.sender):
+            return f"routing id {ident!r} is not {identity(msg.sender)!r}"
+        peer = sockets.peer_process(first)
+        if peer is None:
+            return ""  # tcp: the routing id is all there is (README, threat model)
+        uid, pid = peer
+        if uid != os.getuid():
+            return f"sent by user {uid}"
+        expected = self.pids.get(msg.sender)
+        if expected is not None and pid != expected:
+            return f"sent by process {pid}, not the node's process {expected}"
+        return ""
 
     def drain(self, quiet_ms: int = 200) -> None:
         """Read what nodes sent before exiting, until the socket stays quiet."""
@@ -116,11 +142,11 @@ class Monitor:
         msg = Message(kind=kind, run=self.run_id, sender=-1, meta=meta, tensors=list(tensors or []))
         sockets.send(self.sock, msg, to=to or self.routes.get(node_id, identity(node_id)), block=False)
 
-    def _handle(self, ident: bytes, msg: Message, genuine: bool) -> None:
+    def _handle(self, ident: bytes, msg: Message) -> None:
+        """One message `poll` has found to be node `msg.sender`'s own (`_forged`)."""
         st = self.nodes.get(msg.sender)
-        if st is None or not genuine:
-            self.dropped += 1
-            log.warning("monitor ignored %s from unknown node %s (routing id %r)", msg.kind, msg.sender, ident)
+        if st is None:
+            self.drops.drop(ident, Reason.unknown_sender, f"{msg.kind} from node {msg.sender}")
             return
         if msg.kind == "hello":  # a remote node does not know the run id yet
             self._hello(st, ident, msg)
@@ -146,6 +172,9 @@ class Monitor:
             st.state = str(msg.meta.get("state", st.state))[:32]
             st.train_loss = float(msg.meta.get("loss", st.train_loss))
         elif msg.kind == "metric":
+            if len(msg.tensors) > 1:
+                self.drops.drop(ident, Reason.unexpected, f"metric with {len(msg.tensors)} tensors")
+                return
             row = {**msg.meta, "node": msg.sender, "role": st.spec.role.value}
             acc, loss = row.get("test_accuracy"), row.get("test_loss")
             if acc is not None:
@@ -218,11 +247,7 @@ class Monitor:
         """Send a node the run's resolved config, unless the overrides it was started with
         (`meta.overrides`: {dotted key: value}) disagree with the run's: then it alone is
         refused, naming the keys, and the run waits on for a correct one."""
-        given = msg.meta.get("overrides")
-        if not isinstance(given, dict):
-            self.dropped += 1
-            log.warning("monitor ignored a config request from node %s with overrides %r", msg.sender, given)
-            return
+        given = msg.meta.get("overrides", {})  # a map: checked by decode
         differ = []
         for key, value in sorted(given.items()):
             ours = OmegaConf.select(self.exp.cfg, str(key), default=_ABSENT)
@@ -254,8 +279,7 @@ class Monitor:
             return
         endpoints = msg.meta.get("endpoints", {})
         if not isinstance(endpoints, dict) or not all(isinstance(v, str) for v in endpoints.values()):
-            self.dropped += 1
-            log.warning("monitor ignored a hello from node %s with endpoints %r", msg.sender, endpoints)
+            self.drops.drop(ident, Reason.unexpected, f"hello from node {msg.sender} with endpoints {endpoints!r}")
             return
         back = st.lost or (st.joined and self.welcomed)
         self.routes[msg.sender] = ident

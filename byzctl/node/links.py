@@ -15,6 +15,7 @@ import zmq
 
 from byzctl.node.runtime import NodeRuntime, identity
 from byzctl.transport import sockets
+from byzctl.transport.drops import Reason
 from byzctl.transport.wire import Message, encode
 
 log = logging.getLogger("byzctl.node")
@@ -50,6 +51,7 @@ class MeshLinks(Links):
         topo = node.topo
         self.inbox = sockets.router(node.ctx, sndhwm=topo.sndhwm, max_bytes=node.max_bytes)
         self.bound = node.bind_here(self.inbox)
+        log.info("inbox endpoint %s", self.bound)
         node.add_socket(self.inbox, routed=True)
         self.dealers: dict[int, zmq.Socket] = {}
         self.known: dict[bytes, int] = {}
@@ -83,7 +85,7 @@ class MeshLinks(Links):
             if ident is not None and self.node.is_from(ident, msg) and msg.sender in self.ins and msg.meta.get("hash") == self.node.exp.hash:
                 self.known[ident] = msg.sender
             else:
-                log.warning("refused hello from %r claiming node %s (hash %s)", ident, msg.sender, msg.meta.get("hash"))
+                self.node.drop(ident, Reason.refused_hello, f"claiming node {msg.sender}, hash {msg.meta['hash'][:64]}")
             return None
         return self.known.get(ident or b"")
 

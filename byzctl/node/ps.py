@@ -27,9 +27,14 @@ from byzctl.node.runtime import NodeRuntime, by_id, identity
 from byzctl.node.shards import Shard
 from byzctl.topology.base import Role
 from byzctl.transport import sockets
+from byzctl.transport.drops import Reason
 from byzctl.transport.wire import Message
 
 log = logging.getLogger("byzctl.node")
+
+REFUSALS_PER_ID = 3
+"""Refusals the server sends one routing id; later bad hellos on it are only counted
+(a peer that floods hellos and never reads must cost the loop nothing)."""
 
 
 class PsServer(NodeRuntime):
@@ -48,6 +53,7 @@ class PsServer(NodeRuntime):
         self.workers: dict[int, bool] = {}  # id -> byzantine
         self.idents: dict[bytes, int] = {}
         self.routes: dict[int, bytes] = {}
+        self.refusals: dict[bytes, int] = {}  # routing id -> refusals sent to it
         self.prev_agg: Tensor | None = None
         self.eval_row: dict[str, Any] = {}
 
@@ -99,7 +105,14 @@ class PsServer(NodeRuntime):
         msg = self.msg("model", tensors=[self.params])
         for wid in self.workers:
             if wid not in self.lost:
-                sockets.send(self.sock, msg, to=self.route(wid))
+                self._send_to(wid, msg)
+
+    def _send_to(self, wid: int, msg: Message) -> None:
+        """Send without blocking: a worker with SNDHWM messages unread (hung, or a
+        Byzantine one that floods and never reads) misses this one, as if it were slow,
+        and cannot stall the server."""
+        if not sockets.send(self.sock, msg, to=self.route(wid), block=False):
+            self.drop(f"worker {wid}", Reason.queue_full, f"{msg.kind} of round {msg.round} not sent")
 
     def route(self, wid: int) -> bytes:
         """The routing id of worker `wid`, learned from its authenticated hello."""
@@ -110,7 +123,7 @@ class PsServer(NodeRuntime):
         msg = self.msg("oracle", tensors=[view])
         for wid, byz in self.workers.items():
             if byz and wid not in self.lost:
-                sockets.send(self.sock, msg, to=self.route(wid))
+                self._send_to(wid, msg)
         return view
 
     def _aggregate(self, x: Tensor) -> Tensor:
@@ -142,19 +155,20 @@ class PsServer(NodeRuntime):
             self._hello(ident or b"", msg)
             return
         if wid is None or wid != msg.sender:
-            self.dropped += 1
-            log.warning("dropped %s claiming sender %s from routing id %r (known as %s)", msg.kind, msg.sender, ident, wid)
+            self.drop(ident, Reason.unknown_sender, f"{msg.kind} claiming sender {msg.sender} (this routing id is {wid})")
             return
-        if msg.kind != "vector" or msg.round != self.round or len(msg.tensors) != 1 or msg.tensors[0].shape != self.params.shape:
+        if msg.kind != "vector" or len(msg.tensors) != 1 or msg.tensors[0].shape != self.params.shape:
+            self.drop(ident, Reason.unexpected, f"{msg.kind} of round {msg.round} with shapes {[tuple(t.shape) for t in msg.tensors][:4]}")
+            return
+        if msg.round != self.round:  # a late vector, after its round closed: normal
             self.dropped += 1
-            log.debug("dropped %s of round %s from %s (round %s)", msg.kind, msg.round, wid, self.round)
+            self.drops.count()
             return
         gather = "byzantine" if "byzantine" in self.run.dag.gathers and self.workers[wid] else (
             "honest" if "honest" in self.run.dag.gathers else "vectors")
         vec = msg.tensors[0]
         if vec.dtype != self.params.dtype:
-            self.dropped += 1
-            log.warning("dropped vector of dtype %s from %s", vec.dtype, wid)
+            self.drop(ident, Reason.unexpected, f"vector of dtype {vec.dtype}")
             return
         self.run.feed(gather, wid, vec)
 
@@ -168,15 +182,24 @@ class PsServer(NodeRuntime):
         self.prev_agg = None if prev is None else prev.to(self.exp.device).clone()
 
     def _hello(self, ident: bytes, msg: Message) -> None:
-        if msg.sender not in self.workers or not self.is_from(ident, msg) or msg.meta.get("hash") != self.exp.hash:
-            log.warning("refused worker hello sender=%s ident=%r hash=%s", msg.sender, ident, msg.meta.get("hash"))
-            sockets.send(self.sock, self.msg("refuse", meta={"reason": f"server expects config hash {self.exp.hash}, got {msg.meta.get('hash')}"}), to=ident)
+        """A worker's hello on the data socket. Replies never block: a peer that does not
+        read them (a flood) gets a few refusals, then its hellos are only counted."""
+        theirs = msg.meta["hash"]  # a str: checked by decode
+        if msg.sender not in self.workers or not self.is_from(ident, msg) or theirs != self.exp.hash:
+            why = (f"server expects config hash {self.exp.hash}, got {theirs[:64]}" if theirs != self.exp.hash
+                   else f"node {msg.sender} is not a worker of this run on this connection")
+            self.drop(ident, Reason.refused_hello, f"claiming worker {msg.sender}: {why}")
+            sent = self.refusals.get(ident, 0)
+            if sent < REFUSALS_PER_ID and len(self.refusals) < 4 * len(self.workers) + 64:
+                self.refusals[ident] = sent + 1
+                sockets.send(self.sock, self.msg("refuse", meta={"reason": why}), to=ident, block=False)
             return
         for old in [k for k, v in self.idents.items() if v == msg.sender]:
             del self.idents[old]  # a restarted worker's old connection
         self.idents[ident] = msg.sender
         self.routes[msg.sender] = ident
-        sockets.send(self.sock, self.msg("welcome"), to=ident)
+        if not sockets.send(self.sock, self.msg("welcome"), to=ident, block=False):
+            self.drop(ident, Reason.queue_full, "welcome not sent")
         if msg.sender in self.lost and self.workers:  # a restarted worker: include it from the next round
             self.lost.discard(msg.sender)
             log.info("worker %d rejoined", msg.sender)

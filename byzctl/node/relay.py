@@ -15,9 +15,10 @@ import zmq
 
 from byzctl.errors import WireError
 from byzctl.node.peer import WINDOW
-from byzctl.node.runtime import NodeRuntime, identity
+from byzctl.node.runtime import DRAIN_BUDGET_S, NodeRuntime, identity
 from byzctl.node.shards import Shard
 from byzctl.transport import curve, sockets
+from byzctl.transport.drops import Reason, shown
 from byzctl.transport.wire import decode
 
 log = logging.getLogger("byzctl.node")
@@ -35,6 +36,7 @@ class HubRelay(NodeRuntime):
         k = max((len(v) for v in self.graph.values()), default=1)
         self.sock = sockets.router(self.ctx, sndhwm=max(self.topo.sndhwm, (k + 1) * (WINDOW + 1)), max_bytes=self.max_bytes)
         self.bound = self.bind_here(self.sock)
+        log.info("relay endpoint %s", self.bound)
         self.poller.register(self.sock, zmq.POLLIN)
         self.names: dict[bytes, int] = {}  # routing id -> node id, from authenticated hellos
         self.routes: dict[int, bytes] = {}  # node id -> routing id
@@ -43,7 +45,6 @@ class HubRelay(NodeRuntime):
         order, each with its deadline (round_timeout): delivered later, never dropped silently."""
         self.limit = (k + 1) * (WINDOW + 1) * 4
         self.forwarded = 0
-        self.drops: dict[str, int] = {}
 
     def endpoints(self) -> dict[str, str]:
         return {"relay": self.bound}
@@ -52,22 +53,29 @@ class HubRelay(NodeRuntime):
         pass
 
     def on_tick(self, now: float) -> None:
+        until = now + DRAIN_BUDGET_S
         while sockets.readable(self.sock):
             frames = self.sock.recv_multipart(copy=False)
+            src = frames[0].bytes
             if len(frames) < 3:
-                self.dropped += 1
+                self.drop(src, Reason.malformed, f"{len(frames) - 1} frame(s); expected a destination and a message")
                 continue
-            src, dest = frames[0].bytes, frames[1].bytes
+            dest = frames[1].bytes
             if dest == b"":
                 self._hello(src, frames[1], frames[2:])
                 continue
             sender, to = self.names.get(src), _node_of(dest)
-            if sender is not None and to is not None and sender in self.graph.get(to, set()):
+            if sender is None:
+                self.drop(src, Reason.unknown_sender, f"to {shown(dest)}")
+            elif to is None or sender not in self.graph.get(to, set()):
+                self.drop(src, Reason.no_edge, f"node {sender} -> {shown(dest)}")
+            else:
                 # stamp the true sender; the recipient trusts the relay for it
                 self._forward(to, [identity(sender), *frames[2:]])
-            else:
-                self._drop("unknown sender or no such edge")
+            if time.monotonic() > until:
+                break  # the loop comes back at once; meanwhile it heartbeats and reads the monitor
         self._flush(now)
+        self.drops.flush()
 
     def _forward(self, to: int, frames: list[zmq.Frame]) -> None:
         box = self.waiting.get(to)
@@ -92,7 +100,7 @@ class HubRelay(NodeRuntime):
     def _wait(self, to: int, frames: list[zmq.Frame]) -> None:
         box = self.waiting.setdefault(to, deque())
         if len(box) >= self.limit:
-            self._drop(f"queue to node {to} over {self.limit} messages")
+            self.drop(f"node {to}", Reason.queue_full, f"over {self.limit} messages wait for it")
             box.popleft()
         box.append((time.monotonic() + self.topo.round_timeout, frames))
 
@@ -100,25 +108,17 @@ class HubRelay(NodeRuntime):
         for to, box in list(self.waiting.items()):
             while box and box[0][0] < now:
                 box.popleft()
-                self._drop(f"node {to} took none of its messages for round_timeout={self.topo.round_timeout}s")
+                self.drop(f"node {to}", Reason.queue_full, f"took none of its messages for round_timeout={self.topo.round_timeout}s")
             while box and to in self.routes and self._send(to, box[0][1]):
                 box.popleft()
             if not box:
                 del self.waiting[to]
 
-    def _drop(self, why: str) -> None:
-        """Count a dropped message; warn at the first of each reason and every 100th."""
-        self.dropped += 1
-        n = self.drops[why] = self.drops.get(why, 0) + 1
-        if n == 1 or n % 100 == 0:
-            log.warning("relay dropped %d message(s) so far: %s", n, why)
-
     def _hello(self, src: bytes, first: zmq.Frame, frames: list[zmq.Frame]) -> None:
         try:
             msg = decode(frames, max_bytes=0)
         except WireError as exc:
-            self.dropped += 1
-            log.warning("relay dropped a malformed hello from %r: %s", src, exc)
+            self.drop(src, Reason.malformed, f"hello: {exc}")
             return
         genuine = curve.authenticated_id(first) == msg.sender if self.ring is not None else src == identity(msg.sender)
         if msg.kind == "hello" and genuine and msg.meta.get("hash") == self.exp.hash and msg.sender in self.graph:
@@ -127,7 +127,7 @@ class HubRelay(NodeRuntime):
             self.routes[msg.sender] = src
             self._flush(time.monotonic())  # what its in-neighbours sent before this hello
         else:
-            log.warning("relay refused hello from %r claiming node %s (hash %s)", src, msg.sender, msg.meta.get("hash"))
+            self.drop(src, Reason.refused_hello, f"{msg.kind} claiming node {msg.sender}, hash {shown(msg.meta.get('hash'))}")
 
     def next_deadline(self) -> float | None:
         return time.monotonic() + RETRY_S if self.waiting else None

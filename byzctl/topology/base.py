@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -10,8 +11,19 @@ from enum import Enum
 class Transport(str, Enum):
     """How node sockets are addressed on one machine."""
 
+    auto = "auto"
+    """ipc when `host` is a loopback address (the default: this machine only), else tcp."""
     tcp = "tcp"
     ipc = "ipc"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name, an interface or `*`
+        return False
 
 
 class Role(str, Enum):
@@ -61,8 +73,11 @@ class Topology:
     _target_: str = "byzctl.topology.base.Topology"
     name: str = ""
     """The topology's name, as in `topology=<name>`."""
-    transport: Transport = Transport.tcp
-    """tcp (loopback or across machines) or ipc (one machine, unix sockets)."""
+    transport: Transport = Transport.auto
+    """How nodes listen when no cluster file places them (every node on this machine):
+    ipc (unix sockets in a private 0700 directory, which other local users cannot
+    reach) or tcp on `host`; auto (default) is ipc unless `host` was set to an address
+    off loopback. A cluster file's places are always TCP."""
     host: str = "127.0.0.1"
     """Address nodes bind and connect to when no cluster file places them."""
     round_timeout: float = 60.0
@@ -94,6 +109,8 @@ class Topology:
             raise ConfigError(f"topology.quorum_deadline must be >= 0 and finite. Got quorum_deadline={self.quorum_deadline}")
         if self.sndhwm < 1:
             raise ConfigError(f"topology.sndhwm must be >= 1. Got sndhwm={self.sndhwm}")
+        if self.transport is Transport.auto:
+            self.transport = Transport.ipc if _is_loopback(self.host) else Transport.tcp
 
     def binds(self, spec: NodeSpec) -> bool:
         """Whether node `spec` listens on a socket the others dial (its cluster-file port)."""

@@ -1,7 +1,8 @@
 """Decentralized topologies: every honest node trains, exchanges and aggregates itself.
 
 - hub: every message passes through one relay process (it routes, learns nothing).
-- mesh: every node binds its own inbox and dials its out-neighbours over TCP.
+- mesh: every node binds its own inbox and dials its out-neighbours (TCP across
+  machines; on one machine ipc://, as every topology).
 - local: like mesh, every node a process on this machine, over ipc://.
 """
 

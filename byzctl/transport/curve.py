@@ -33,6 +33,7 @@ import zmq
 from zmq.utils import z85
 
 from byzctl.errors import ConfigError, PeerError, WireError
+from byzctl.transport import sockets
 from byzctl.transport.wire import Message, decode
 
 log = logging.getLogger("byzctl.transport")
@@ -323,18 +324,27 @@ def authenticated_id(frame: Any) -> int | None:
 def recv_authenticated(sock: zmq.Socket, *, max_bytes: int) -> tuple[bytes, int, Message]:
     """Receive one message on a CURVE ROUTER: (routing id, authenticated node id, message).
 
-    Raises WireError (the message is consumed) when the connection carries no
-    authenticated id or the header's sender differs from it.
+    Raises Rejected (a WireError; the message is consumed) when the connection carries
+    no authenticated id or the header's sender differs from it.
     """
-    frames = sock.recv_multipart(copy=False)
-    ident, body = frames[0].bytes, frames[1:]
+    ident, body = sockets.recv_frames(sock, routed=True)
+    node, msg = authenticate(ident or b"", body, max_bytes=max_bytes)
+    return ident or b"", node, msg
+
+
+def authenticate(ident: bytes, body: list[Any], *, max_bytes: int) -> tuple[int, Message]:
+    """(authenticated node id, message) of frames received on a CURVE ROUTER; Rejected
+    naming the routing id when they carry no User-Id or claim another sender."""
     node = authenticated_id(body[0]) if body else None
     if node is None:
-        raise WireError(f"message from routing id {ident!r} carries no CURVE User-Id")
-    msg = decode(body, max_bytes=max_bytes)
+        raise sockets.Rejected(ident, f"message from routing id {ident!r} carries no CURVE User-Id")
+    try:
+        msg = decode(body, max_bytes=max_bytes)
+    except WireError as exc:
+        raise sockets.Rejected(ident, str(exc)) from None
     if msg.sender != node:
-        raise WireError(f"message claims sender {msg.sender} but the connection is authenticated as {node}")
-    return ident, node, msg
+        raise sockets.Rejected(ident, f"message claims sender {msg.sender} but the connection is authenticated as {node}")
+    return node, msg
 
 
 # -- plaintext guard ---------------------------------------------------------------------

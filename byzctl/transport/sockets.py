@@ -2,8 +2,24 @@
 
 ROUTER/DEALER only (no REQ/REP, no PUB/SUB for rounds). LINGER 0 so shutdown
 never hangs on an undelivered message; a small SNDHWM for big tensors;
-ROUTER_MANDATORY turns silent drops into errors; ROUTER_HANDOVER lets a
-restarted node take its identity back; ZMTP heartbeats catch dead TCP peers.
+ROUTER_MANDATORY turns silent drops into errors; ZMTP heartbeats catch dead TCP peers.
+
+Two libzmq defaults are deliberately not what they seem to invite:
+- no ROUTER_HANDOVER: with it, any process that dials a ROUTER under a routing id
+  already in use (b"n1") takes that id over, and the real node's messages stop
+  arriving while the impostor's are taken as its own. Without it the first
+  connection keeps its id and a second one under the same id is refused; a
+  restarted node gets its id back as soon as its old connection is gone (a dead
+  process's socket is closed by the kernel, so at once on one machine).
+- RCVHWM 0 (no receive limit): libzmq 4.3.5 (pyzmq 27.x) aborts the whole process
+  with `Assertion failed: !_io_error (src/stream_engine_base.cpp:310)` when a
+  connection whose input is stopped because the receive queue is full is reset by
+  its peer and then writes anything: its own heartbeat timer (HEARTBEAT_IVL) or the
+  PONG to a PING the peer had sent ahead (tests/test_fuzz_live.py replays both, and
+  the unfixed upstream reports are zeromq/libzmq#4364 and #4841). Input is stopped
+  only by a full queue, so a queue without a limit never gets there. What bounds
+  memory instead: MAXMSGSIZE per frame, and nodes that read their sockets at once
+  and drop what they do not expect (node/runtime.py `_drain`).
 """
 
 from __future__ import annotations
@@ -14,6 +30,7 @@ from typing import Any, cast
 
 import zmq
 
+from byzctl.errors import WireError
 from byzctl.transport.wire import FRAME_BYTES, Message, decode, encode
 
 HEARTBEAT_IVL_MS = 2000
@@ -26,7 +43,7 @@ application heartbeats and round deadlines instead."""
 def _common(sock: zmq.Socket, sndhwm: int, max_bytes: int | None) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.RCVHWM, max(sndhwm * 4, 16))
+    sock.setsockopt(zmq.RCVHWM, 0)  # never a stopped input: see the module docstring
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
@@ -40,7 +57,7 @@ def router(ctx: zmq.Context, *, sndhwm: int = 4, max_bytes: int | None = None) -
     sock = ctx.socket(zmq.ROUTER)
     _common(sock, sndhwm, max_bytes)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 0)  # the default, said aloud: an id is never taken over
     return sock
 
 
@@ -114,10 +131,46 @@ def send(sock: zmq.Socket, msg: Message, *, to: bytes | None = None, block: bool
     return True
 
 
-def recv(sock: zmq.Socket, *, routed: bool, max_bytes: int) -> tuple[bytes | None, Message]:
-    """Receive one message; raises WireError for a malformed one (already consumed)."""
+class Rejected(WireError):
+    """A received message that was malformed or forged (already consumed), with the
+    routing id it came on, so the drop can be counted against that sender."""
+
+    def __init__(self, ident: bytes | None, reason: str):
+        super().__init__(reason)
+        self.ident = ident
+
+
+def recv_frames(sock: zmq.Socket, *, routed: bool) -> tuple[bytes | None, list[zmq.Frame]]:
+    """Receive one message's frames (copy=False): (routing id or None, the message's frames)."""
     frames = sock.recv_multipart(copy=False)
-    ident = None
     if routed:
-        ident, frames = frames[0].bytes, frames[1:]
-    return ident, decode(frames, max_bytes=max_bytes)
+        return frames[0].bytes, frames[1:]
+    return None, frames
+
+
+def recv(sock: zmq.Socket, *, routed: bool, max_bytes: int) -> tuple[bytes | None, Message]:
+    """Receive one message; raises Rejected (a WireError) for a malformed one, already consumed."""
+    ident, frames = recv_frames(sock, routed=routed)
+    return ident, recv_body(ident, frames, max_bytes=max_bytes)
+
+
+def recv_body(ident: bytes | None, frames: list[zmq.Frame], *, max_bytes: int) -> Message:
+    """Decode frames received from `ident`; Rejected (a WireError) naming it if malformed."""
+    try:
+        return decode(frames, max_bytes=max_bytes)
+    except WireError as exc:
+        raise Rejected(ident, str(exc)) from None
+
+
+def peer_process(frame: zmq.Frame) -> tuple[int, int] | None:
+    """(uid, pid) of the process at the other end of an ipc:// connection, as the kernel
+    reports it (SO_PEERCRED, which libzmq puts in the Peer-Address property as
+    `...:uid:gid:pid`); None on tcp or when the property is missing."""
+    try:
+        address = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return None
+    parts = str(address).rsplit(":", 3)
+    if len(parts) != 4 or not (parts[1].isdigit() and parts[3].isdigit()):
+        return None
+    return int(parts[1]), int(parts[3])

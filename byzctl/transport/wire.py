@@ -62,6 +62,62 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number_or_none(v: Any) -> bool:
+    return v is None or _number(v)
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _int(v: Any) -> bool:
+    return _is_int(v)
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _map(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+_EVAL = {"round": (_int, True), "test_accuracy": (_number, True), "test_loss": (_number, True)}
+META: dict[str, dict[str, tuple[Any, bool]]] = {
+    "hello": {"hash": (_str, True), "role": (_str, False), "endpoints": (_str_map, False), "pid": (_int, False)},
+    "welcome": {"peers": (_map, False), "run": (_str, False), "round": (_int, False), "resume": (_map, False)},
+    "refuse": {"reason": (_str, False)},
+    "heartbeat": {"loss": (_number, False), "state": (_str, False), "dropped": (_int, False)},
+    "metric": {**_EVAL, "node": (_int, False), "role": (_str, False), "time": (_number, False)},
+    "done": {"state": (_str, False), "error": (_str, False), "rounds_completed": (_int, False),
+             "test_accuracy": (_number_or_none, False), "test_loss": (_number_or_none, False)},
+    "stop": {"reason": (_str, False), "checkpoint": (_bool, False), "state": (_str, False)},
+    "lost": {"node": (_int, True), "back": (_bool, False), "reason": (_str, False), "endpoints": (_str_map, False)},
+    "state": {"round": (_int, True), "names": (_str_list, True)},
+    "shard": {"hash": (_str, False), "num_classes": (_int, False), "input_shape": (_int_list, False)},
+    "config": {"overrides": (_map, False), "run": (_str, False), "hash": (_str, False)},
+}
+"""The `m` fields each kind's handlers read: (check, required). Checked by `decode`, so a
+handler reads them without guarding against a peer's wrong types; other fields travel
+unchecked (a metric row's extra columns)."""
+
+
 @dataclass
 class Message:
     kind: str
@@ -126,6 +182,7 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Message:
         raise WireError(f"bad header fields run={run!r} round={rnd!r} sender={sender!r}")
     if not isinstance(meta, dict) or not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise WireError(f"header 'm' must be a map and 't' a list of at most {MAX_TENSORS} tensors")
+    _check_meta(kind, meta)
     if sum(_nframes(s) for s in specs) != len(frames) - 1:
         raise WireError(f"header declares {sum(_nframes(s) for s in specs)} tensor frames, got {len(frames) - 1}")
     tensors, pos, total = [], 1, 0
@@ -142,6 +199,15 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Message:
             raise WireError(f"tensor {dtype} {shape} needs {declared} bytes, frames carry {got}")
         tensors.append(_tensor(bufs, dtype, shape))
     return Message(kind=kind, round=cast(int, rnd), sender=cast(int, sender), run=run, tensors=tensors, meta=meta)  # checked above
+
+
+def _check_meta(kind: str, meta: dict[str, Any]) -> None:
+    for key, (ok, required) in META.get(kind, {}).items():
+        if key not in meta:
+            if required:
+                raise WireError(f"{kind} message lacks meta field {key!r}")
+        elif not ok(meta[key]):
+            raise WireError(f"{kind} message has a bad meta field {key}={str(meta[key])[:80]!r}")
 
 
 def _is_int(v: Any) -> bool:
