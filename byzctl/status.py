@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from byzctl.errors import ByzctlError
+from byzctl.states import RunState
 
 SKIP_DIRS = {".hydra", "nodes", "checkpoints", "__pycache__"}
 """Folders inside a run directory that never hold another run."""
@@ -79,11 +80,11 @@ class Run:
         """run.json's state; a RUNNING run whose launcher (on this host) is gone is LOST,
         and one whose node processes are all gone is STALE."""
         state = str(self.info.get("state", "UNKNOWN"))
-        if state == "RUNNING" and self._launcher_gone:
-            return "LOST"
+        if state == RunState.RUNNING and self._launcher_gone:
+            return RunState.LOST
         pids = self.info.get("pids") or {}
-        if state == "RUNNING" and pids and not any(pid_alive(int(p)) for p in pids.values()):
-            return "STALE"
+        if state == RunState.RUNNING and pids and not any(pid_alive(int(p)) for p in pids.values()):
+            return RunState.STALE
         return state
 
     @property
@@ -93,10 +94,10 @@ class Run:
 
     @property
     def reason(self) -> str:
-        if self.state == "LOST":
+        if self.state == RunState.LOST:
             return (f"run.json says RUNNING but its launcher (pid {self.info.get('launcher_pid')}) is gone: "
                     "it was killed before it could record the end; remote nodes stop on their own")
-        if self.state == "STALE":
+        if self.state == RunState.STALE:
             return "run.json says RUNNING but none of its node processes is alive (the launcher was killed?)"
         return str(self.info.get("reason") or self.summary.get("reason") or "")
 

@@ -121,7 +121,8 @@ def test_a_killed_coordinator_stops_every_remote_node_with_its_state_saved(tmp_p
     cluster = tmp_path / "mesh.yaml"
     cluster.write_text(yaml.safe_dump(data))
     launcher = launch(tmp_path, "launcher=remote", f"cluster={cluster}", "topology=mesh", "nodes.honest=3", "nodes.byzantine=0",
-                      "aggregator=mean", "local_nodes=[]", "rounds=100000", "eval_every=5", "model.hidden=[8]", "topology.peer_timeout=3")
+                      "aggregator=mean", "local_nodes=[]", "rounds=100000", "eval_every=5", "model.hidden=[8]", "topology.peer_timeout=3",
+                      "topology.join_timeout=240")
     peers = [node(tmp_path, "--id", str(i), f"cluster={cluster}", f"--state-dir={tmp_path / f'state{i}'}") for i in range(3)]
     try:
         assert wait_for(lambda: any("round" in r and r.get("kind") == "honest" for r in metric_rows(tmp_path / "run"))), \

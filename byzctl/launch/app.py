@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from byzctl.config.schema import register
+from byzctl.states import RunState
 
 log = logging.getLogger("byzctl")
 
@@ -78,8 +79,8 @@ def run(cfg: DictConfig) -> float | None:
     if summary.get("reason"):
         console.print(f"reason: {summary['reason']}")
     console.print(f"run files: {out}")
-    if state != "COMPLETED" and not multirun:
-        sys.exit(130 if state == "INTERRUPTED" else 1)
+    if state is not RunState.COMPLETED and not multirun:
+        sys.exit(state.exit_code)
     return acc
 
 
@@ -92,7 +93,7 @@ def _completed_before(out: Path, config_hash: str) -> dict | None:
         run, summary = read_json(out / "run.json"), read_json(out / "summary.json")
     except (OSError, ValueError):
         return None
-    if run.get("state") == "COMPLETED" and run.get("config_hash") == config_hash:
+    if run.get("state") == RunState.COMPLETED and run.get("config_hash") == config_hash:
         return summary
     return None
 

@@ -30,6 +30,8 @@ from byzctl.errors import ByzctlError, ConfigError, PeerError
 from byzctl.launch.monitor import Monitor, NodeStatus
 from byzctl.launch.rundir import RunDir, read_json
 from byzctl.loggers import RunContext, headline
+from byzctl.states import RunState
+from byzctl.topology.base import Role
 from byzctl.transport.sockets import private_ipc_dir
 
 log = logging.getLogger("byzctl")
@@ -78,7 +80,7 @@ class LocalLauncher:
         self.console = console or Console(stderr=False)
         self.run_id = uuid.uuid4().hex[:12]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.state, self.reason = "RUNNING", ""
+        self.state, self.reason = RunState.RUNNING, ""
 
     def local_nodes(self) -> list[int]:
         """The nodes this launcher starts (see Experiment.local_nodes)."""
@@ -110,7 +112,7 @@ class LocalLauncher:
                 self._load_resume(monitor)
                 resolved = rundir.path / "config.yaml"
                 rundir.info = read_json(rundir.run_json)
-                rundir.update(state="RUNNING", reason="", ended=None, run_id=self.run_id, control=self.control,
+                rundir.update(state=RunState.RUNNING, reason="", ended=None, run_id=self.run_id, control=self.control,
                               launcher_pid=os.getpid(), host=socket.gethostname(),
                               resumed=[*rundir.info.get("resumed", []), {"time": time.time(), "from_round": self.resumed_from}])
             else:
@@ -126,12 +128,12 @@ class LocalLauncher:
             monitor.pids = {i: p.pid for i, p in self.procs.items()}
             self._supervise(monitor, spawned)
         except Interrupted as exc:
-            self.state, self.reason = "INTERRUPTED", f"interrupted by {exc}"
+            self.state, self.reason = RunState.INTERRUPTED, f"interrupted by {exc}"
             self._checkpoint_and_stop(monitor)
         except ByzctlError as exc:
-            self.state, self.reason = "FAILED", str(exc)
+            self.state, self.reason = RunState.FAILED, str(exc)
         except Exception as exc:
-            self.state, self.reason = "FAILED", f"{type(exc).__name__}: {exc}"
+            self.state, self.reason = RunState.FAILED, f"{type(exc).__name__}: {exc}"
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -171,11 +173,11 @@ class LocalLauncher:
                         self._note(i, f"node {i} lost: exited with code {code}")
                 fatal = self.fatal(monitor, codes)
                 if fatal:
-                    self.state, self.reason = "FAILED", fatal
+                    self.state, self.reason = RunState.FAILED, fatal
                     break
-                primary = [i for i, s in monitor.nodes.items() if s.spec.role.value != "relay"]
+                primary = [i for i, s in monitor.nodes.items() if s.spec.role is not Role.relay]
                 if all(codes[i] == 0 or monitor.nodes[i].lost for i in primary):
-                    self.state = "COMPLETED"
+                    self.state = RunState.COMPLETED
                     break
                 if not monitor.welcomed and now - t0 > self.exp.topology.join_timeout:
                     missing = monitor.missing()
@@ -185,11 +187,11 @@ class LocalLauncher:
                     if monitor.refused:  # the nodes refused alone while the run waited: say why
                         why += "; refused meanwhile: " + "; ".join(dict.fromkeys(monitor.refused))
                     raise PeerError(why)
-                finished = [s for s in monitor.nodes.values() if s.final and s.spec.role.value in ("server", "peer")]
-                if finished and len(finished) == len([s for s in monitor.nodes.values() if s.spec.role.value in ("server", "peer")]) and done_at is None:
+                evaluators = [s for s in monitor.nodes.values() if s.spec.role.evaluates]
+                if done_at is None and evaluators and all(s.final for s in evaluators):
                     done_at = now
                 if done_at is not None and now - done_at > DONE_GRACE_S:
-                    self.state = "COMPLETED"
+                    self.state = RunState.COMPLETED
                     break
                 if isinstance(live, Live):
                     live.update(monitor.table(title), refresh=True)
@@ -202,7 +204,7 @@ class LocalLauncher:
         """logger=tensorboard|mlflow: opened before any node starts; from then on every
         metrics.jsonl row goes there too, and RunDir.close ends it with the run's state."""
         exp, path = self.exp, self.rundir.path
-        server = next((s.id for s in exp.plan() if s.role.value == "server"), None)
+        server = next((s.id for s in exp.plan() if s.role is Role.server), None)
         config = OmegaConf.to_container(exp.cfg, resolve=True, enum_to_str=True)
         assert isinstance(config, dict)
         ctx = RunContext(
@@ -247,12 +249,12 @@ class LocalLauncher:
         the server or relay is gone, or no honest node is left."""
         for i, code in codes.items():
             st = monitor.nodes[i]
-            if code not in (None, 0) and (not monitor.welcomed or st.spec.role.value in ("server", "relay")):
+            if code not in (None, 0) and (not monitor.welcomed or st.spec.role.central):
                 err = st.final.get("error") or _last_line(self.rundir.node_log(i))
                 return f"node {i} ({st.spec.label}) exited with code {code}: {err}"
-            if st.lost and st.spec.role.value in ("server", "relay"):
+            if st.lost and st.spec.role.central:
                 return f"node {i} ({st.spec.label}) was lost: the run cannot go on without it"
-        honest = [s for s in monitor.nodes.values() if s.spec.role.value in ("worker", "peer") and not s.spec.byzantine]
+        honest = [s for s in monitor.nodes.values() if s.spec.role.trains and not s.spec.byzantine]
         if honest and all(s.lost for s in honest):
             return "every honest node was lost"
         return ""
@@ -298,11 +300,11 @@ class LocalLauncher:
             return s.final if s.final.get("test_accuracy") is not None else s.last_eval
 
         if not self.exp.decentralized:
-            server = next((s for s in monitor.nodes.values() if s.spec.role.value == "server"), None)
+            server = next((s for s in monitor.nodes.values() if s.spec.role is Role.server), None)
             ev = evaluation(server) if server else {}
             return {"rounds_completed": server.final.get("rounds_completed", rounds) if server else rounds,
                     "test_accuracy": ev.get("test_accuracy"), "test_loss": ev.get("test_loss")}
-        peers = [s for s in monitor.nodes.values() if s.spec.role.value == "peer" and not s.spec.byzantine]
+        peers = [s for s in monitor.nodes.values() if s.spec.role is Role.peer and not s.spec.byzantine]
         evals = [e for e in map(evaluation, peers) if e.get("test_accuracy") is not None]
         last = monitor.honest_rows[-1] if monitor.honest_rows else {}
         done = [s.final["rounds_completed"] for s in peers if "rounds_completed" in s.final]

@@ -183,8 +183,8 @@ class Monitor:
             st.test_loss = float(loss) if loss is not None else st.test_loss
             self.rundir.metric(row)
             if st.spec.role is Role.server and acc is not None:
-                self.lines.append(f"[round {int(row['round']):04d}] test loss={float(loss):.4f} acc={float(acc):.4f}")
-            if st.spec.role.value == "peer" and not st.spec.byzantine:
+                self.lines.append(f"[round {int(row['round']):04d}] test loss={st.test_loss:.4f} acc={float(acc):.4f}")
+            if st.spec.role is Role.peer and not st.spec.byzantine:
                 self._honest_round(msg, row)
         elif msg.kind == "state":
             self._state(msg)
@@ -315,7 +315,7 @@ class Monitor:
             return
         r = int(msg.meta.get("round", 0))
         self.states.setdefault(r, {})[msg.sender] = (r, {n: t.clone() for n, t in zip(names, msg.tensors)})
-        needed = {i for i, s in self.nodes.items() if s.spec.role.value != "relay" and s.joined and not s.lost}
+        needed = {i for i, s in self.nodes.items() if s.spec.role is not Role.relay and s.joined and not s.lost}
         if needed <= set(self.states[r]):
             self.checkpoint(r, self.states[r])
             for old in [k for k in self.states if k <= r]:
@@ -335,7 +335,7 @@ class Monitor:
         keep their own latest round."""
         if not self.states:
             return
-        server = next((i for i, s in self.nodes.items() if s.spec.role.value == "server"), None)
+        server = next((i for i, s in self.nodes.items() if s.spec.role is Role.server), None)
         if server is not None:
             rounds = sorted((r for r, box in self.states.items() if server in box), reverse=True)
             if not rounds:

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from byzctl.jsonio import dumps, read_json, write_json
 from byzctl.loggers.base import Sink
+from byzctl.states import RunState
 
 log = logging.getLogger("byzctl")
 
@@ -41,7 +42,7 @@ class RunDir:
         return self.path / "nodes" / f"{node_id}.log"
 
     def start(self, **info: Any) -> None:
-        self.info = {"state": "RUNNING", "started": time.time(), "ended": None, **info}
+        self.info = {"state": RunState.RUNNING, "started": time.time(), "ended": None, **info}
         write_json(self.run_json, self.info)
 
     def update(self, **info: Any) -> None:
@@ -54,7 +55,7 @@ class RunDir:
     def refused(self, reason: str, started: float) -> None:
         """Record a run that never launched (a failed check): FAILED, with when it was
         asked for (`started`) and refused (`ended`)."""
-        self.info = {"state": "FAILED", "started": started, "ended": time.time(), "reason": reason}
+        self.info = {"state": RunState.FAILED, "started": started, "ended": time.time(), "reason": reason}
         write_json(self.run_json, self.info)
 
     def metric(self, row: dict[str, Any]) -> None:
@@ -80,7 +81,7 @@ class RunDir:
         log.warning("logger %s failed; metrics go on to metrics.jsonl only: %s: %s",
                     self.info.get("logger", {}).get("name"), type(exc).__name__, exc)
         with contextlib.suppress(Exception):
-            sink.close("FAILED")
+            sink.close(RunState.FAILED)
 
     def summary(self, data: dict[str, Any]) -> None:
         write_json(self.path / "summary.json", data)
@@ -90,7 +91,7 @@ class RunDir:
         sink, self.sink = self.sink, None
         if sink is not None:
             try:
-                sink.close(str(self.info.get("state", "FAILED")))
+                sink.close(str(self.info.get("state", RunState.FAILED)))
             except Exception as exc:
                 log.warning("logger %s failed to close: %s: %s", self.info.get("logger", {}).get("name"), type(exc).__name__, exc)
         if self._metrics is not None:

@@ -21,6 +21,7 @@ from byzctl.node.ps import PsServer, PsWorker
 from byzctl.node.relay import HubRelay
 from byzctl.node.runtime import CoordinatorLost, NodeRuntime
 from byzctl.node.shards import load_shard
+from byzctl.states import RunState
 from byzctl.topology.base import Role
 
 log = logging.getLogger("byzctl.node")
@@ -81,8 +82,8 @@ def _orphaned(parent: int, run_dir: str | None, node_id: int) -> None:
     path = Path(run_dir) / "run.json"
     with contextlib.suppress(OSError, ValueError):
         info = read_json(path)
-        if info.get("state") == "RUNNING":
-            info.update(state="FAILED", ended=time.time(),
+        if info.get("state") == RunState.RUNNING:
+            info.update(state=RunState.FAILED, ended=time.time(),
                         reason=f"the launcher (pid {parent}) died; node {node_id} stopped with it")
             write_json(path, info)
 
@@ -116,7 +117,7 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
         node.heartbeat(time.monotonic(), force=True)
         if not node.reported_done:  # workers and relays: tell the monitor this exit is expected
             node.report("done", {"state": node.state, "rounds_completed": node.round})
-        if node.stop_state and node.stop_state != "COMPLETED":
+        if node.stop_state and node.stop_state != RunState.COMPLETED:
             log.error("the run ended %s: %s (this node stopped after %d rounds)", node.stop_state, node.stop_reason, node.round)
             return 1
         log.info("finished: %s after %d rounds", node.state, node.round)

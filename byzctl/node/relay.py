@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from typing import Any
 
 import zmq
 
@@ -40,7 +41,7 @@ class HubRelay(NodeRuntime):
         self.poller.register(self.sock, zmq.POLLIN)
         self.names: dict[bytes, int] = {}  # routing id -> node id, from authenticated hellos
         self.routes: dict[int, bytes] = {}  # node id -> routing id
-        self.waiting: dict[int, deque[tuple[float, list[zmq.Frame]]]] = {}
+        self.waiting: dict[int, deque[tuple[float, list[Any]]]] = {}
         """Messages to a peer whose hello has not arrived yet or whose queue is full, in
         order, each with its deadline (round_timeout): delivered later, never dropped silently."""
         self.limit = (k + 1) * (WINDOW + 1) * 4
@@ -77,7 +78,7 @@ class HubRelay(NodeRuntime):
         self._flush(now)
         self.drops.flush()
 
-    def _forward(self, to: int, frames: list[zmq.Frame]) -> None:
+    def _forward(self, to: int, frames: list[Any]) -> None:
         box = self.waiting.get(to)
         if box:  # keep each recipient's messages in order behind those already waiting
             self._wait(to, frames)
@@ -85,7 +86,7 @@ class HubRelay(NodeRuntime):
         if to not in self.routes or not self._send(to, frames):
             self._wait(to, frames)
 
-    def _send(self, to: int, frames: list[zmq.Frame]) -> bool:
+    def _send(self, to: int, frames: list[Any]) -> bool:
         try:
             self.sock.send_multipart([self.routes[to], *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -97,7 +98,7 @@ class HubRelay(NodeRuntime):
         self.forwarded += 1
         return True
 
-    def _wait(self, to: int, frames: list[zmq.Frame]) -> None:
+    def _wait(self, to: int, frames: list[Any]) -> None:
         box = self.waiting.setdefault(to, deque())
         if len(box) >= self.limit:
             self.drop(f"node {to}", Reason.queue_full, f"over {self.limit} messages wait for it")

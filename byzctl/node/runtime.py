@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -178,7 +179,7 @@ class NodeRuntime:
                 return reply
         raise PeerError(f"node {self.spec.id}: no {what} from the monitor within join_timeout={self.topo.join_timeout}s")
 
-    def wait_for(self, sock: zmq.Socket, done: Any, timeout: float, what: str) -> None:
+    def wait_for(self, sock: zmq.Socket, done: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
         """Serve `sock` until `done()` holds, heartbeating meanwhile; PeerError naming
         `what()` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
