@@ -62,7 +62,7 @@ def test_byzfl_map_shrunk_falls_with_f_and_heterogeneity(tmp_path):
     assert (sweep / "heatmap_f_heterogeneity.png").is_file()
     rows = list(csv.DictReader(open(sweep / "cells.csv")))
     worst = {(r["nodes.byzantine"], r["dataset.gamma"]): float(r["mean"]) for r in rows if r["attack"].startswith("worst")}
-    assert worst[("1", "1")] > worst[("5", "0")] and worst[("1", "1")] > 0.7
+    assert worst[("1", "1.0")] > worst[("5", "0.0")] and worst[("1", "1.0")] > 0.7
 
 
 @pytest.mark.slow
