@@ -24,7 +24,12 @@ import torch
 from conftest import SMALL, byzctl, read
 
 from byzctl.errors import ConfigError
-from byzctl.launch.checkpoints import CheckpointError, intact_checkpoint, read_checkpoint, write_checkpoint
+from byzctl.launch.checkpoints import (
+    CheckpointError,
+    intact_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 slow = pytest.mark.slow
 RUN = ["rounds=60", "checkpoint_every=10", "keep_checkpoints=5", "seed=3", "eval_every=10"]
