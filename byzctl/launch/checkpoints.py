@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from byzctl.errors import ByzctlError
+from byzctl.errors import ByzctlError, ConfigError
 
 NodeStates = dict[int, tuple[int, dict[str, Tensor]]]
 """node id -> (its completed rounds, its named tensors)."""
@@ -62,8 +62,6 @@ def write_checkpoint(folder: Path, round: int, states: NodeStates, keep: int) ->
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest intact checkpoint in `folder` (damaged ones are skipped), or None."""
-    from byzctl.errors import ConfigError
-
     try:
         found = intact_checkpoint(folder)
     except ConfigError:
@@ -78,8 +76,6 @@ def intact_checkpoint(folder: Path) -> tuple[Path, list[tuple[Path, str]]] | Non
     Raises:
         ConfigError: checkpoints exist but none is intact, naming each with why.
     """
-    from byzctl.errors import ConfigError
-
     found = sorted(folder.glob("round_*.safetensors"), reverse=True)
     if not found:
         return None
