@@ -29,6 +29,7 @@ import msgpack
 import pytest
 import zmq
 from conftest import read
+from test_e2e_ps import _alive
 
 from byzctl.transport.wire import PROTOCOL_VERSION
 
@@ -36,12 +37,6 @@ BASE = ["model.hidden=[16]", "topology.join_timeout=120"]
 
 
 # -- a live run ---------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:

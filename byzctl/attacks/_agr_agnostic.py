@@ -132,6 +132,15 @@ def check_config(direction: Direction | str, gamma_init: float, tol: float) -> N
 class AgrAgnostic(Attack):
     """Base config of the AGR-agnostic attacks (minmax, minsum)."""
 
+    paper = (
+        "Shejwalkar, Houmansadr, 'Manipulating the Byzantine: optimizing model poisoning attacks "
+        "and defenses for federated learning', NDSS 2021"
+    )
+    convention = (
+        'Perturbation direction p = -std(H) by default (attack.direction), gamma found by halving '
+        'search from gamma_init to tol.'
+    )
+
     direction: Direction = Direction.std
     """Perturbation p: unit_vec (-mean/||mean||), std (-std) or sign (-sign(mean))."""
     gamma_init: float = 10.0

@@ -49,11 +49,3 @@ class MinMax(AgrAgnostic):
     name: str = "minmax"
 
     fn: ClassVar = staticmethod(minmax)
-    paper = (
-        "Shejwalkar, Houmansadr, 'Manipulating the Byzantine: optimizing model poisoning attacks "
-        "and defenses for federated learning', NDSS 2021"
-    )
-    convention = (
-        'Perturbation direction p = -std(H) by default (attack.direction), gamma found by halving '
-        'search from gamma_init to tol.'
-    )
