@@ -198,7 +198,7 @@ def cmd_node(rest: list[str]) -> int:
     from byzctl.errors import ConfigError
     from byzctl.node.coordinator import fetch_config, given_overrides
     from byzctl.node.main import run_node
-    from byzctl.topology.cluster import monitor_endpoint
+    from byzctl.topology.cluster import monitor_endpoint, node_ids
 
     if args.resolved:
         cfg = load_resolved(args.resolved, "--resolved")
@@ -215,6 +215,9 @@ def cmd_node(rest: list[str]) -> int:
             raise ConfigError("byzctl node needs cluster=<file> (where the monitor and the nodes live)")
         control = monitor_endpoint(cluster)
     if not args.resolved:
+        Experiment.from_cfg(cfg, placed=False)  # this host's own overrides, before asking the monitor
+        if cluster and node_id not in (ids := node_ids(cluster)):
+            raise ConfigError(f"--id {node_id} is not a node of this run; the cluster file {cluster!r} places ids {ids}")
         cfg = fetch_config(cfg, given_overrides(args.overrides, cfg), node_id, control)
     exp = Experiment.from_cfg(cfg)
     _check_node_type(exp, node_id, args)

@@ -398,7 +398,7 @@ def test_the_monitor_survives_hostile_control_messages(tmp_path, experiment, fra
         node.send_multipart(frames)
         node.send_multipart(_control("heartbeat", loss=0.25, state="alive"))
         deadline = time.monotonic() + 10
-        while mon.nodes[1].loss != 0.25:
+        while mon.nodes[1].train_loss != 0.25:
             assert time.monotonic() < deadline, "the monitor stopped handling node 1's heartbeats"
             mon.poll(50)
         Console(file=open(os.devnull, "w")).print(mon.table("t"))

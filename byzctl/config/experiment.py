@@ -85,8 +85,11 @@ class Experiment:
     """Where the launcher also sends metrics.jsonl rows (none, tensorboard, mlflow)."""
 
     @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> Experiment:
-        """Instantiate every component and check every limit, before any process starts."""
+    def from_cfg(cls, cfg: DictConfig, *, placed: bool = True) -> Experiment:
+        """Instantiate every component and check every limit, before any process starts.
+        `placed=False` checks values only, not the plan against a cluster file, keys or the
+        rule's limits: `byzctl node` checks its own overrides so before it asks the monitor
+        for the run's config (whose node counts it does not know yet)."""
         parts = {key: build(cfg[key], key) for key in ("topology", "aggregator", "attack", "dataset", "model", "device")}
         preaggs = [build(node, f"preagg.{name}") for name, node in cfg.preagg.items()]
         graph = build(cfg.graph, "graph") if "graph" in cfg else Graph()
@@ -98,7 +101,7 @@ class Experiment:
             device=parts["device"].resolve(), honest=int(cfg.nodes.honest), byzantine=int(cfg.nodes.byzantine),
             graph=graph, security=security, logger=logger,
         )
-        exp.check()
+        exp.check(placed=placed)
         return exp
 
     # -- derived -----------------------------------------------------------------
@@ -155,7 +158,22 @@ class Experiment:
         return aggregate(self.preaggs, self.aggregator, x, byzantine=self.byzantine, center=center, generator=generator)
 
     # -- checks --------------------------------------------------------------------
-    def check(self) -> None:
+    def check(self, *, placed: bool = True) -> None:
+        self.check_values()
+        if not placed:
+            return
+        if self.remote and not self.cfg.get("cluster"):
+            raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
+        _ = self.cluster  # parse the cluster file and check it against the plan now
+        self.check_listeners()
+        self.check_security()
+        if self.decentralized:
+            self.check_graph()
+        else:
+            self.check_rule(self.n)
+
+    def check_values(self) -> None:
+        """Each setting on its own: counts, rates, seeds, deadlines, the logger's library."""
         c = self.cfg
         rules: list[tuple[str, Any, int]] = [
             ("nodes.honest", self.honest, 1),
@@ -179,16 +197,7 @@ class Experiment:
         if not 0 <= c.seed < 2**63:  # torch generators take 64-bit seeds
             raise ConfigError(f"seed must be in [0, 2**63). Got seed={c.seed}")
         self.check_timeouts()
-        if self.remote and not c.get("cluster"):
-            raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
-        _ = self.cluster  # parse the cluster file and check it against the plan now
-        self.check_listeners()
-        self.check_security()
         self.logger.check()  # a missing tensorboard/mlflow fails now, not after the nodes started
-        if self.decentralized:
-            self.check_graph()
-        else:
-            self.check_rule(self.n)
 
     def check_timeouts(self) -> None:
         """Deadlines a run can meet (Topology checks each is positive; these relate them)."""

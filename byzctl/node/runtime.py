@@ -200,9 +200,22 @@ class NodeRuntime:
             sockets.send(self.control, self.msg("heartbeat", meta=meta), block=False)
 
     def report(self, kind: str, meta: dict[str, Any], tensors: list[Any] | None = None) -> None:
-        """Send a metric row or the final figures to the monitor (reliably)."""
+        """Send a metric row or the final figures to the monitor (reliably): while the
+        queue to the monitor is full, wait, reading its control messages, and give up
+        with CoordinatorLost once it has been silent for peer_timeout."""
         self.reported_done = self.reported_done or kind == "done"
-        sockets.send(self.control, self.msg(kind, meta=meta, tensors=list(tensors or [])))
+        msg = self.msg(kind, meta=meta, tensors=list(tensors or []))
+        while not sockets.send(self.control, msg, block=False):
+            if self.control.poll(50, zmq.POLLIN | zmq.POLLOUT) & zmq.POLLIN:
+                self._drain_control()
+            self.check_coordinator(time.monotonic())
+
+    def check_coordinator(self, now: float) -> None:
+        """CoordinatorLost once the monitor (which heartbeats every joined node) has sent
+        nothing for peer_timeout."""
+        if now - self.monitor_seen > self.topo.peer_timeout:
+            raise CoordinatorLost(f"node {self.spec.id}: the monitor sent nothing for {now - self.monitor_seen:.0f}s "
+                                  f"(topology.peer_timeout={self.topo.peer_timeout}): the coordinator is gone")
 
     # -- lifecycle ---------------------------------------------------------------------
     def setup(self, shard: Any) -> None:
@@ -333,9 +346,8 @@ class NodeRuntime:
             if not self.finished:
                 self.on_tick(now)
             self.heartbeat(now)
-            if not self.finished and now - self.monitor_seen > self.topo.peer_timeout:
-                raise CoordinatorLost(f"node {self.spec.id}: the monitor sent nothing for {now - self.monitor_seen:.0f}s "
-                                      f"(topology.peer_timeout={self.topo.peer_timeout}): the coordinator is gone")
+            if not self.finished:
+                self.check_coordinator(now)
 
     def _drain(self, sock: zmq.Socket, routed: bool) -> None:
         """Handle what `sock` holds now, for at most DRAIN_BUDGET_S. `decode` has checked

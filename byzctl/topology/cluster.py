@@ -174,6 +174,24 @@ def node_id_of_worker(path: str | Path, worker: int) -> int:
     return worker + 1 if zero_based(_read(path)) else worker
 
 
+def node_ids(path: str | Path) -> list[int]:
+    """The node ids a cluster file places, read before the run's config is known (`byzctl
+    node` checks its --id so): its entries, and the server or relay its `server` entry
+    places (node 0 when the entries start at 1 as ps workers do, else the hub's last id)."""
+    path = Path(path).expanduser()
+    data = _read(path)
+    shift = 1 if zero_based(data) else 0
+    ids: list[int] = []
+    for entry in _entries(data, path):
+        node_id = entry["id"] + shift
+        if node_id in ids:
+            raise ConfigError(f"cluster file {str(path)!r}: duplicate node id {node_id}")
+        ids.append(node_id)
+    if "server" in data and ids:
+        ids.append(0 if min(ids) >= 1 else max(ids) + 1)
+    return sorted(ids)
+
+
 def monitor_endpoint(path: str | Path) -> str:
     """Where a node of this cluster file reaches the monitor, read before the run's config
     is known (the same default as `load_cluster`: the lowest id's host, port 29400)."""
