@@ -29,7 +29,7 @@ from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
 from byzctl.transport.sockets import probe_bind
 
-HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger", "memory_check")
+HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger", "memory_check", "processes")
 """Keys that say how this host joins or records the run, not what the run is: not hashed."""
 
 MIN_ROUND_TIMEOUT_S = 1.0

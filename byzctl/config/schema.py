@@ -149,6 +149,10 @@ class Config:
     """Path of a cluster file (YAML or JSON) placing nodes on hosts and ports."""
     local_nodes: list[int] | None = None
     """launcher=remote: ids to start on this host; null: those the cluster file places here."""
+    processes: str = "auto"
+    """How many host processes carry this host's nodes: auto (one per node up to 8 nodes,
+    else about one per core, the ps server or hub relay alone), per_node, or a number.
+    Results do not depend on it (not hashed)."""
     memory_check: bool = True
     """Refuse to launch when the node processes this host starts (about 400 MB each) do not
     fit in its available memory; false launches anyway (not hashed)."""

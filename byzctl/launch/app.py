@@ -29,6 +29,7 @@ def run(cfg: DictConfig) -> float | None:
 
     from byzctl.config.experiment import Experiment
     from byzctl.errors import ByzctlError
+    from byzctl.launch.hosts import warm_up
     from byzctl.launch.local import LocalLauncher
     from byzctl.launch.rundir import RunDir
 
@@ -44,6 +45,8 @@ def run(cfg: DictConfig) -> float | None:
         if resume:
             out, cfg = _resume_target(Path(resume))
         exp = Experiment.from_cfg(cfg)
+        if exp.local_nodes():
+            warm_up()  # the fork server's imports overlap the checks below
         done = _completed_before(out, exp.hash)
         if done is not None and resume:  # nothing left to run: say so, change nothing
             console.print(f"resume={resume}: the run already COMPLETED after {done.get('rounds_completed')} rounds; nothing to resume")

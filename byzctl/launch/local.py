@@ -8,14 +8,11 @@ the files and records the state with its reason.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,11 +24,13 @@ from rich.live import Live
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError, ConfigError, PeerError
+from byzctl.launch.hosts import Host, start_host
 from byzctl.launch.monitor import Monitor, NodeStatus
 from byzctl.launch.rundir import RunDir, read_json
 from byzctl.loggers import RunContext, headline
 from byzctl.states import RunState
 from byzctl.topology.base import Role
+from byzctl.topology.packing import AUTO, pack
 from byzctl.transport.sockets import private_ipc_dir
 
 log = logging.getLogger("byzctl")
@@ -57,21 +56,10 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the launcher dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def write_resolved(cfg: DictConfig, rundir: RunDir) -> Path:
     path = rundir.path / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True))
     return path
-
-
-def node_command(node_id: int, control: str, run_id: str, resolved: Path) -> list[str]:
-    return [sys.executable, "-m", "byzctl", "node", "--id", str(node_id), "--control", control,
-            "--run-id", run_id, "--resolved", str(resolved), "--run-dir", str(resolved.parent)]
 
 
 class LocalLauncher:
@@ -79,7 +67,8 @@ class LocalLauncher:
         self.exp, self.rundir, self.resume = exp, rundir, resume
         self.console = console or Console(stderr=False)
         self.run_id = uuid.uuid4().hex[:12]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.procs: dict[int, Host] = {}
+        """Each local node's host process (shared by the nodes packed in it)."""
         self.state, self.reason = RunState.RUNNING, ""
 
     def local_nodes(self) -> list[int]:
@@ -87,14 +76,18 @@ class LocalLauncher:
         return self.exp.local_nodes()
 
     def spawn(self, monitor: Monitor, resolved: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.exp.cfg.device.threads)}
-        for node_id in self.local_nodes():
-            with open(self.rundir.node_log(node_id), "ab") as logf:
-                self.procs[node_id] = subprocess.Popen(
-                    node_command(node_id, self.control, self.run_id, resolved),
-                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent,
-                )
+        """Start this host's nodes in host processes forked from the preloaded server,
+        packed as `processes=` says (topology/packing.py)."""
+        local = set(self.local_nodes())
+        for group in pack([s for s in self.exp.plan() if s.id in local], self.exp.cfg.get("processes", AUTO)):
+            log_path = self.rundir.node_log(group[0]) if len(group) == 1 else self.rundir.path / "nodes" / f"host{group[0]}.log"
+            host = start_host(group, self.control, self.run_id, resolved, log_path)
+            for node_id in group:
+                self.procs[node_id] = host
+
+    @property
+    def hosts(self) -> list[Host]:
+        return list({id(h): h for h in self.procs.values()}.values())
 
     def run(self) -> dict[str, Any]:
         exp, rundir = self.exp, self.rundir
@@ -268,28 +261,31 @@ class LocalLauncher:
         """None while a node runs; 0 when it finished well; else its exit code (1 for a
         remote node that reported a failure)."""
         proc = self.procs.get(node_id)
-        if proc is not None:
-            return proc.poll()
         final = monitor.nodes[node_id].final
+        if proc is not None:
+            code = proc.poll()
+            if len(proc.nodes) == 1 or not final:  # a host of many: its nodes report their own ends
+                return code
+        if not final:
+            return None
         if not final:
             return None
         return 1 if final.get("state") == "failed" else 0
 
     def reap(self) -> dict[int, int | None]:
         """Terminate and wait for every child; no process outlives the launcher."""
-        for p in self.procs.values():
-            if p.poll() is None:
+        for h in self.hosts:
+            if h.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
+                    os.killpg(h.pid, signal.SIGTERM)
         deadline = time.monotonic() + REAP_GRACE_S
-        for p in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            if p.poll() is None:
+        for h in self.hosts:
+            h.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if h.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        return {i: p.returncode for i, p in self.procs.items()}
+                    os.killpg(h.pid, signal.SIGKILL)
+                h.wait()
+        return {i: h.returncode for i, h in self.procs.items()}
 
     def figures(self, monitor: Monitor) -> dict[str, Any]:
         """Final figures: the server's, or for decentralized runs the honest peers' mean

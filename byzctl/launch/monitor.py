@@ -7,7 +7,9 @@ figures, and can stop every node.
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,6 +52,20 @@ class NodeStatus:
     last_eval: dict[str, Any] = field(default_factory=dict)
     """The node's last evaluation (round, test accuracy and loss): its figures when it
     ends without its final report (interrupted, lost)."""
+
+
+TABLE_ROWS = 24
+"""Runs of more nodes show the compact table (summary rows plus the worst nodes)."""
+WORST_ROWS = 8
+
+
+def _fmt(x: float) -> str:
+    return "" if x != x else f"{x:.4f}"
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 class Monitor:
@@ -400,16 +416,38 @@ class Monitor:
 
     # -- view -------------------------------------------------------------------------
     def table(self, title: str) -> Table:
+        """One row per node; past TABLE_ROWS nodes a compact view: one summary row per role
+        and kind, then the worst WORST_ROWS nodes (failed or lost first, then the furthest
+        behind, then the least accurate)."""
         t = Table(title=title, title_justify="left")
         for col in ("node", "role", "round", "train loss", "test loss", "accuracy", "state"):
             t.add_column(col, justify="left" if col in ("role", "state") else "right")
-        for i, s in self.nodes.items():
-            acc = "" if s.accuracy is None else f"{s.accuracy:.4f}"
-            train = "" if s.train_loss != s.train_loss else f"{s.train_loss:.4f}"
-            test = "" if s.test_loss != s.test_loss else f"{s.test_loss:.4f}"
-            style = "red" if s.state == "failed" else ("magenta" if s.spec.byzantine else None)
-            t.add_row(str(i), s.spec.label, str(s.round), train, test, acc, s.state, style=style)
+        if len(self.nodes) <= TABLE_ROWS:
+            for i, s in self.nodes.items():
+                self._row(t, str(i), s)
+            return t
+        groups: dict[str, list[NodeStatus]] = {}
+        for s in self.nodes.values():
+            groups.setdefault(s.spec.label, []).append(s)
+        for label, members in groups.items():
+            rounds = [s.round for s in members]
+            states = collections.Counter(s.state for s in members)
+            accs = [s.accuracy for s in members if s.accuracy is not None]
+            t.add_row(f"{len(members)} nodes", label, f"{min(rounds)}-{max(rounds)}" if min(rounds) != max(rounds) else str(rounds[0]),
+                      _fmt(_mean([s.train_loss for s in members])), _fmt(_mean([s.test_loss for s in members])),
+                      _fmt(_mean(accs)) if accs else "", ", ".join(f"{n} {k}" for k, n in states.most_common()), style="bold")
+        def badness(s: NodeStatus) -> tuple[bool, int, float]:
+            return (not (s.lost or s.state == "failed"), s.round, s.accuracy if s.accuracy is not None else math.inf)
+        t.add_section()
+        for s in sorted(self.nodes.values(), key=badness)[:WORST_ROWS]:
+            self._row(t, str(s.spec.id), s)
         return t
+
+    @staticmethod
+    def _row(t: Table, name: str, s: NodeStatus) -> None:
+        acc = "" if s.accuracy is None else f"{s.accuracy:.4f}"
+        style = "red" if s.state == "failed" or s.lost else ("magenta" if s.spec.byzantine else None)
+        t.add_row(name, s.spec.label, str(s.round), _fmt(s.train_loss), _fmt(s.test_loss), acc, s.state, style=style)
 
     def close(self) -> None:
         if self.auth is not None:

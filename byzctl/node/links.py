@@ -49,7 +49,7 @@ class MeshLinks(Links):
     def __init__(self, node: NodeRuntime, out: set[int], ins: set[int]):
         super().__init__(node, out, ins)
         topo = node.topo
-        self.inbox = sockets.router(node.ctx, sndhwm=topo.sndhwm, max_bytes=node.max_bytes)
+        self.inbox = node.router(sndhwm=topo.sndhwm)
         self.bound = node.bind_here(self.inbox)
         log.info("inbox endpoint %s", self.bound)
         node.add_socket(self.inbox, routed=True)

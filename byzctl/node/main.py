@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+import zmq
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError
@@ -22,7 +24,7 @@ from byzctl.node.relay import HubRelay
 from byzctl.node.runtime import CoordinatorLost, NodeRuntime
 from byzctl.node.shards import load_shard
 from byzctl.states import RunState
-from byzctl.topology.base import Role
+from byzctl.topology.base import NodeSpec, Role
 
 log = logging.getLogger("byzctl.node")
 
@@ -66,6 +68,12 @@ def handle_sigterm() -> None:
     sys.unraisablehook = _unraisable
 
 
+def die_with_parent() -> None:
+    """Get SIGTERM when the parent process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a killed launcher may linger as a zombie, still our parent)."""
     try:
@@ -75,7 +83,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _orphaned(parent: int, run_dir: str | None, node_id: int) -> None:
+def orphaned(parent: int, run_dir: str | None, node_ids: list[int]) -> None:
     """If the launcher died, record it in run.json (its `finally` never ran)."""
     if not run_dir or _alive(parent):
         return
@@ -84,7 +92,7 @@ def _orphaned(parent: int, run_dir: str | None, node_id: int) -> None:
         info = read_json(path)
         if info.get("state") == RunState.RUNNING:
             info.update(state=RunState.FAILED, ended=time.time(),
-                        reason=f"the launcher (pid {parent}) died; node {node_id} stopped with it")
+                        reason=f"the launcher (pid {parent}) died; {_nodes(node_ids)} stopped with it")
             write_json(path, info)
 
 
@@ -97,11 +105,26 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s node{node_id}: %(message)s")
     handle_sigterm()
     torch.set_num_threads(exp.cfg.device.threads)
+    spec = spec_of(exp, node_id)
+    try:
+        return serve_node(exp, spec, control, run_id, state_dir=state_dir or run_dir)
+    finally:
+        orphaned(parent, run_dir, [node_id])
+
+
+def spec_of(exp: Experiment, node_id: int) -> NodeSpec:
     plan = {s.id: s for s in exp.plan()}
     if node_id not in plan:
         raise ByzctlError(f"--id {node_id} is not a node of this run; ids are {sorted(plan)}")
-    spec = plan[node_id]
-    node = ROLES[spec.role](exp, spec, control, run_id)
+    return plan[node_id]
+
+
+def serve_node(exp: Experiment, spec: NodeSpec, control: str, run_id: str, *, state_dir: str | None = None,
+               ctx: zmq.Context | None = None) -> int:
+    """One logical node, from its set-up to its exit code (see run_node); in a host
+    process of many nodes (node/host.py) each runs this on its own thread, with the
+    host's shared ZeroMQ context `ctx`."""
+    node = ROLES[spec.role](exp, spec, control, run_id, ctx=ctx)
     t0 = time.monotonic()
     try:
         if spec.role is Role.relay:
@@ -125,7 +148,7 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
     except CoordinatorLost as exc:
         node.state = "failed"
         log.error("failed: %s", exc)
-        _save_own_state(node, state_dir or run_dir)
+        _save_own_state(node, state_dir)
         return 1
     except Exception as exc:
         node.state = "failed"
@@ -142,7 +165,10 @@ def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: 
         raise
     finally:
         node.close()
-        _orphaned(parent, run_dir, node_id)
+
+
+def _nodes(ids: list[int]) -> str:
+    return f"node {ids[0]}" if len(ids) == 1 else f"nodes {ids}"
 
 
 def _save_own_state(node: NodeRuntime, folder: str | None) -> None:

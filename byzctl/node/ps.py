@@ -46,7 +46,7 @@ class PsServer(NodeRuntime):
         self.model = make_model(self.exp.model, shard.input_shape, shard.num_classes, seed=cfg.seed, device=self.exp.device)
         self.params = flat_params(self.model)  # (d,)
         self.limit_messages(self.params.numel(), vectors=1)
-        self.sock = sockets.router(self.ctx, sndhwm=self.topo.sndhwm, max_bytes=self.max_bytes)
+        self.sock = self.router(sndhwm=self.topo.sndhwm)
         self.bound = self.bind_here(self.sock)
         log.info("data endpoint %s", self.bound)
         self.add_socket(self.sock, routed=True)

@@ -35,7 +35,7 @@ class HubRelay(NodeRuntime):
         # Every in-neighbour may be up to WINDOW rounds ahead of a slow recipient: the
         # queue to one peer holds that many rounds of its in-neighbours' vectors.
         k = max((len(v) for v in self.graph.values()), default=1)
-        self.sock = sockets.router(self.ctx, sndhwm=max(self.topo.sndhwm, (k + 1) * (WINDOW + 1)), max_bytes=self.max_bytes)
+        self.sock = self.router(sndhwm=max(self.topo.sndhwm, (k + 1) * (WINDOW + 1)))
         self.bound = self.bind_here(self.sock)
         log.info("relay endpoint %s", self.bound)
         self.poller.register(self.sock, zmq.POLLIN)

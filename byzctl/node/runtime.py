@@ -43,14 +43,19 @@ def by_id(vectors: dict[Any, Tensor]) -> list[Tensor]:
 class NodeRuntime:
     """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`."""
 
-    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str):
+    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None):
+        """`ctx`: the host process's shared context (nodes packed in one process; its owner
+        runs the one CURVE authenticator); None: this node's own."""
         self.exp, self.spec, self.run_id = exp, spec, run_id
         self.started_at = time.monotonic()  # reset by start(): training time is counted from there
         self.topo = exp.topology
         self.max_bytes = int(self.topo.max_message_mb * 2**20)
-        self.ctx = zmq.Context()
+        self.own_ctx = ctx is None
+        self.ctx = zmq.Context() if ctx is None else ctx
+        self.sockets: list[zmq.Socket] = []
+        """Every socket this node opened (closed by `close`, the context may outlive it)."""
         self.ring = exp.keyring
-        self.auth = curve.start_authenticator(self.ctx, self.ring) if self.ring is not None else None
+        self.auth = curve.start_authenticator(self.ctx, self.ring) if self.ring is not None and self.own_ctx else None
         self.control = self.dealer_to("monitor", sndhwm=64)
         self.control.connect(control)
         self.poller = zmq.Poller()
@@ -93,10 +98,18 @@ class NodeRuntime:
     def dealer_to(self, server: int | str, *, sndhwm: int | None = None) -> zmq.Socket:
         """A DEALER that will connect to `server` (a node id or "monitor"): a CURVE client
         pinned to its key when security=curve, else carrying this node's routing id."""
-        sock = sockets.dealer(self.ctx, None if self.ring else identity(self.spec.id),
-                              sndhwm=sndhwm or self.topo.sndhwm, max_bytes=self.max_bytes)
+        sock = self.opened(sockets.dealer(self.ctx, None if self.ring else identity(self.spec.id),
+                                          sndhwm=sndhwm or self.topo.sndhwm, max_bytes=self.max_bytes))
         if self.ring is not None:
             curve.secure_client(sock, self.ring, self.spec.id, server)
+        return sock
+
+    def router(self, *, sndhwm: int) -> zmq.Socket:
+        """A ROUTER of this node (its inbox)."""
+        return self.opened(sockets.router(self.ctx, sndhwm=sndhwm, max_bytes=self.max_bytes))
+
+    def opened(self, sock: zmq.Socket) -> zmq.Socket:
+        self.sockets.append(sock)
         return sock
 
     def is_from(self, ident: bytes | None, msg: Message) -> bool:
@@ -401,12 +414,16 @@ class NodeRuntime:
     def close(self) -> None:
         # The final report must reach the monitor: give the control socket time to flush.
         self.control.close(linger=2000)
+        for sock in self.sockets:
+            if sock is not self.control:
+                sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for fd in (self.wake_r, self.wake_w):
             os.close(fd)
-        self.ctx.destroy(linger=0)
+        if self.own_ctx:
+            self.ctx.destroy(linger=0)
 
 
 class CoordinatorLost(PeerError):

@@ -1,0 +1,150 @@
+"""A host process: one or many logical nodes of a run (packing, `processes=`).
+
+Each logical node keeps everything that makes it a node (its sockets, heartbeats,
+round state, its own log file `nodes/<id>.log`) and runs on its own thread; the
+process shares what a node does not need to own: the imported torch and byzctl,
+one ZeroMQ context (one I/O thread, one CURVE authenticator) and the loaded data.
+Nodes on the same host still talk through their sockets (ipc:// on one machine),
+so every message is validated the same way whether its sender is co-hosted or not.
+
+`host_main` is what the launcher's fork server runs in each child (launch/hosts.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import zmq
+
+from byzctl.config.compose import load_resolved
+from byzctl.config.experiment import Experiment
+from byzctl.node import main as node_main
+from byzctl.transport import curve
+
+log = logging.getLogger("byzctl.node")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(node)s: %(message)s"
+
+
+@dataclass(frozen=True)
+class HostArgs:
+    """What a host process needs, sent (pickled, by our own launcher) to the fork server."""
+
+    nodes: tuple[int, ...]
+    control: str
+    run_id: str
+    resolved: str
+    run_dir: str
+    log_path: str
+    launcher_pid: int
+
+
+def host_main(args: HostArgs) -> None:
+    """The child's entry: its own session (the launcher signals process groups), death
+    with the fork server (which dies with the launcher), output to its log, then the nodes.
+    Exits with 0 when every node exited 0, else 1 (143 on SIGTERM)."""
+    os.setsid()
+    node_main.die_with_parent()
+    fd = os.open(args.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    exp = Experiment.from_cfg(load_resolved(args.resolved, "--resolved"))
+    if len(args.nodes) == 1:
+        code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir)
+    else:
+        code = run_host(exp, list(args.nodes), args.control, args.run_id, args.run_dir, args.launcher_pid)
+    logging.shutdown()
+    sys.exit(code)
+
+
+_NODE_THREAD = re.compile(r"node(\d+)(?:_\d+)?$")
+
+
+class _NodeLogs(logging.Handler):
+    """Each node thread's records into that node's own log file; the host's own into
+    the host log (stderr)."""
+
+    def __init__(self, files: dict[int, Path]):
+        super().__init__()
+        self.streams = {i: open(p, "a", buffering=1) for i, p in files.items()}  # noqa: SIM115 - closed in close()
+        self.host = logging.StreamHandler(sys.stderr)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.host.setFormatter(self.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _NODE_THREAD.match(threading.current_thread().name)  # node12, or its pool's node12_0
+        node = int(match.group(1)) if match else None
+        record.node = f"node{node}" if node is not None else "host"
+        stream = self.streams.get(node) if node is not None else None
+        if stream is None:
+            self.host.emit(record)
+            return
+        try:
+            stream.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never take a node down
+            self.handleError(record)
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            with contextlib.suppress(OSError):
+                stream.close()
+        super().close()
+
+
+def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, run_dir: str, launcher_pid: int) -> int:
+    """Serve `node_ids` on one thread each, sharing one context; 0 when all exited 0."""
+    files = {i: Path(run_dir) / "nodes" / f"{i}.log" for i in node_ids}
+    logging.basicConfig(level=logging.INFO, handlers=[_NodeLogs(files)], force=True)
+    node_main.handle_sigterm()
+    torch.set_num_threads(exp.cfg.device.threads)
+    specs = [node_main.spec_of(exp, i) for i in node_ids]
+    ctx = zmq.Context()
+    ring = exp.keyring
+    auth = curve.start_authenticator(ctx, ring) if ring is not None else None
+    codes: dict[int, int] = {}
+
+    def one(spec_id: int) -> None:
+        spec = next(s for s in specs if s.id == spec_id)
+        try:
+            codes[spec_id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx)
+        except BaseException as exc:  # noqa: BLE001 - a thread's failure is this node's exit code
+            log.error("failed: %s", exc, exc_info=not isinstance(exc, SystemExit))
+            codes[spec_id] = 1
+
+    threads = []
+    for spec in specs:
+        threads.append(threading.Thread(target=one, args=(spec.id,), name=f"node{spec.id}", daemon=True))
+    log.info("host of nodes %s (pid %d)", node_ids, os.getpid())
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:
+            log.info("stopped by SIGTERM (exit code %s): nodes %s stop with this process", exc.code,
+                     [i for i in node_ids if i not in codes])
+        raise
+    finally:
+        if auth is not None:
+            auth.stop()
+        node_main.orphaned(launcher_pid, run_dir, node_ids)
+    ctx.destroy(linger=0)  # each node closed its sockets; the control ones flush their linger first
+    failed = sorted(i for i, c in codes.items() if c)
+    if failed:
+        log.info("nodes %s exited non-zero", failed)
+    return 1 if failed else 0
