@@ -23,6 +23,7 @@ from byzctl.loggers.none import NoLogger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg, aggregate
 from byzctl.topology.base import NodeSpec, Role, Topology
+from byzctl.topology import packing
 from byzctl.topology.cluster import Cluster, Place, load_cluster
 from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
@@ -197,6 +198,7 @@ class Experiment:
         if not 0 <= c.seed < 2**63:  # torch generators take 64-bit seeds
             raise ConfigError(f"seed must be in [0, 2**63). Got seed={c.seed}")
         self.check_timeouts()
+        packing.parse(c.get("processes", packing.AUTO))
         self.logger.check()  # a missing tensorboard/mlflow fails now, not after the nodes started
 
     def check_timeouts(self) -> None:

@@ -1,0 +1,150 @@
+"""Node hosts (`processes=`): many logical nodes per process, the same results as one
+process per node, and a killed host loses exactly its nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import byzctl, read, run_dir
+from test_e2e_ps import _start
+from test_remote import free_ports
+
+from byzctl.errors import ConfigError
+from byzctl.launch.checkpoints import latest_checkpoint, read_checkpoint
+from byzctl.topology.base import NodeSpec, Role
+from byzctl.topology.packing import pack
+from byzctl.transport.keys import main as keys_main
+
+
+def _ps(workers: int) -> list[NodeSpec]:
+    return [NodeSpec(0, Role.server)] + [NodeSpec(i, Role.worker) for i in range(1, workers + 1)]
+
+
+def _peers(n: int) -> list[NodeSpec]:
+    return [NodeSpec(i, Role.peer) for i in range(n)]
+
+
+def test_auto_keeps_small_runs_one_process_per_node_and_packs_large_ones():
+    assert pack(_ps(5), "auto", cores=2) == [[0], [1], [2], [3], [4], [5]]  # the embedded default: 6 processes
+    assert pack(_ps(13), "auto", cores=2) == [[0], list(range(1, 14))]  # the server alone, workers together
+    assert pack(_ps(13), "auto", cores=4) == [[0], [1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13]]
+    assert pack(_peers(10), "auto", cores=2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # ring neighbours together
+    hub = _peers(10) + [NodeSpec(10, Role.relay)]
+    assert pack(hub, "3") == [[10], [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert pack(_ps(3), "per_node") == [[0], [1], [2], [3]]
+    assert pack(_ps(3), 1) == [[0, 1, 2, 3]]
+    assert pack(_ps(2), 10) == [[0], [1], [2]]  # never an empty host
+    assert sorted(i for h in pack(_ps(1100), "auto", cores=16) for i in h) == list(range(1101))
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])
+def test_a_bad_processes_value_is_named(compose, bad):
+    from byzctl.config.experiment import Experiment
+
+    with pytest.raises(ConfigError, match=f"processes={bad}"):
+        Experiment.from_cfg(compose([f"processes={bad}"]))
+
+
+def _states(out: Path) -> dict[int, tuple[int, dict[str, torch.Tensor]]]:
+    r, states = read_checkpoint(latest_checkpoint(out / "checkpoints"))
+    return states
+
+
+def _same_states(a: Path, b: Path) -> None:
+    sa, sb = _states(a), _states(b)
+    assert set(sa) == set(sb)
+    for node in sa:
+        assert sa[node][0] == sb[node][0]
+        for key, value in sa[node][1].items():
+            assert torch.allclose(value, sb[node][1][key], rtol=0, atol=1e-6), f"node {node} {key} differs"
+
+
+@pytest.mark.parametrize("topology", [
+    pytest.param(["topology=ps", "nodes.honest=6", "nodes.byzantine=2"], id="ps"),
+    pytest.param(["topology=mesh", "graph=ring", "nodes.honest=6", "nodes.byzantine=0", "topology.quorum_deadline=50"], id="mesh"),
+])
+def test_packed_and_one_process_per_node_reach_the_same_parameters(tmp_path, topology):
+    run = [*topology, "rounds=20", "eval_every=10", "seed=3", "model.hidden=[16]"]
+    per_node, proc = run_dir(tmp_path, *run, "processes=per_node", name="per_node")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    packed, proc = run_dir(tmp_path, *run, "processes=2", name="packed")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(set(read(packed / "run.json")["pids"].values())) == 2
+    assert len(set(read(per_node / "run.json")["pids"].values())) == len(read(per_node / "run.json")["pids"])
+    _same_states(per_node, packed)
+    assert read(per_node / "summary.json")["test_loss"] == pytest.approx(read(packed / "summary.json")["test_loss"], abs=1e-6)
+    for i in read(packed / "run.json")["pids"]:  # every node keeps its own log
+        assert "ready in" in (packed / "nodes" / f"{i}.log").read_text()
+
+
+def test_a_killed_host_loses_exactly_its_nodes_and_the_ps_run_completes(tmp_path):
+    live, out = _start(tmp_path, "nodes.honest=4", "nodes.byzantine=1", "processes=3", "rounds=150", "eval_every=50",
+                       "topology.peer_timeout=3")
+    try:
+        pids = {int(k): v for k, v in read(out / "run.json")["pids"].items()}
+        victims = sorted(i for i, pid in pids.items() if pid == pids[5])
+        assert victims == [4, 5] and pids[1] != pids[5] and pids[0] != pids[1]
+        os.kill(pids[5], signal.SIGKILL)
+        stdout, _ = live.communicate(timeout=240)
+    finally:
+        if live.poll() is None:
+            live.kill()
+    assert live.returncode == 0, stdout
+    summary = read(out / "summary.json")
+    assert summary["state"] == "COMPLETED" and summary["lost_ids"] == victims, summary
+    assert summary["nodes"]["4"]["exit_code"] == -signal.SIGKILL and summary["nodes"]["1"]["exit_code"] == 0
+
+
+def test_interrupted_packed_run_resumes_to_the_unpacked_runs_parameters(tmp_path):
+    run = ["rounds=60", "checkpoint_every=20", "seed=5", "eval_every=20", "nodes.honest=6", "nodes.byzantine=2"]
+    ref, proc = run_dir(tmp_path, *run, "processes=per_node", name="ref")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    live, out = _start(tmp_path, *run, "rounds=60", "processes=2")
+    deadline = time.monotonic() + 120
+    while not list((out / "checkpoints").glob("round_0000020*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    live.send_signal(signal.SIGINT)
+    assert live.wait(timeout=60) == 130
+    assert read(out / "run.json")["state"] == "INTERRUPTED"
+    proc = byzctl("run", f"resume={out}", f"hydra.run.dir={tmp_path / 'resumer'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, want = read_checkpoint(latest_checkpoint(ref / "checkpoints"))
+    _, got = read_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert torch.equal(got[0][1]["params"], want[0][1]["params"]), "the resumed packed run differs from the unpacked one"
+
+
+def test_packed_local_nodes_with_one_remote_node_over_curve(tmp_path):
+    """Some nodes packed in one host process on the launcher's machine, one `byzctl node`
+    joining over TCP with CURVE: the run completes with every node."""
+    assert keys_main(["gen", str(tmp_path / "keys"), "--nodes", "6"]) == 0
+    mon, srv, *ports = free_ports(7)
+    data = {"monitor": {"host": "127.0.0.1", "port": mon}, "server": {"host": "127.0.0.1", "port": srv},
+            "workers": [{"id": i, "host": "127.0.0.1", "port": ports[i - 1], "type": "byzantine" if i == 5 else "honest"}
+                        for i in range(1, 6)]}
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(data))
+    common = [f"cluster={cluster}", "security=curve", f"security.keys={tmp_path / 'keys'}"]
+    remote = subprocess.Popen([sys.executable, "-m", "byzctl", "node", "--id", "5", *common], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc = byzctl("run", "launcher=remote", *common, "local_nodes=[0,1,2,3,4]", "processes=2", "nodes.honest=4",
+                      "nodes.byzantine=1", "rounds=20", "eval_every=10", "model.hidden=[16]", "topology.join_timeout=120",
+                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out, _ = remote.communicate(timeout=60)
+        assert remote.returncode == 0, out
+    finally:
+        if remote.poll() is None:
+            remote.kill()
+    summary = read(tmp_path / "run" / "summary.json")
+    assert summary["state"] == "COMPLETED" and summary["nodes_lost"] == 0
+    pids = read(tmp_path / "run" / "run.json")["pids"]
+    assert set(pids) == {"0", "1", "2", "3", "4"} and len({pids[str(i)] for i in range(1, 5)}) == 1
