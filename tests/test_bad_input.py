@@ -151,8 +151,8 @@ RUN_CASES = [
     pytest.param(["topology.peer_timeout=0.1"], "peer_timeout=0.1", id="peer timeout below the heartbeat interval", marks=slow),
     pytest.param(["topology.peer_timeout=0.9"], "heartbeat_interval=0.5", id="peer timeout below two heartbeats", marks=slow),
     pytest.param(["topology.round_timeout=0.01"], "round_timeout=0.01", id="tiny round timeout", marks=slow),
-    pytest.param(["nodes.honest=500"], "502 node processes", id="more processes than memory"),
-    pytest.param(["topology=local", "nodes.honest=400", "graph=ring", "nodes.byzantine=0"], "need about 160000 MB",
+    pytest.param(["nodes.honest=500", "processes=per_node"], "502 host processes carrying 502 nodes", id="more processes than memory"),
+    pytest.param(["topology=local", "nodes.honest=400", "graph=ring", "nodes.byzantine=0", "processes=per_node"], "need about 163200 MB",
                  id="more peers than memory", marks=slow),
 ]
 
@@ -203,17 +203,23 @@ def test_run_into_a_directory_that_cannot_be_made(tmp_path, where):
 
 
 def test_the_memory_check_counts_the_processes_this_host_starts_and_can_be_turned_off(compose):
-    from byzctl.config.experiment import NODE_PROCESS_MB, Experiment, mem_available_mb
+    from byzctl.config.experiment import (
+        NODE_PROCESS_MB,
+        PACKED_NODE_MB,
+        Experiment,
+        mem_available_mb,
+    )
     from byzctl.errors import ConfigError
 
     have = mem_available_mb()
     assert have is not None and have > 0
     many = have // NODE_PROCESS_MB + 2  # honest workers past what fits, plus the server and one Byzantine
-    exp = Experiment.from_cfg(compose([f"nodes.honest={many}"]))
-    with pytest.raises(ConfigError, match=f"nodes.honest={many}, nodes.byzantine=1: {many + 2} node processes on this host need about {(many + 2) * NODE_PROCESS_MB} MB"):
-        exp.check_memory(len(exp.local_nodes()))
+    exp = Experiment.from_cfg(compose([f"nodes.honest={many}", "processes=per_node"]))
+    with pytest.raises(ConfigError, match=f"nodes.honest={many}, nodes.byzantine=1: {many + 2} host processes carrying {many + 2} nodes need about {(many + 2) * (NODE_PROCESS_MB + PACKED_NODE_MB)} MB"):
+        exp.check_host()
     Experiment.from_cfg(compose(["nodes.honest=4"])).check_host()  # the default fits
-    off = Experiment.from_cfg(compose([f"nodes.honest={many}", "memory_check=false"]))
+    Experiment.from_cfg(compose([f"nodes.honest={many}"])).check_host()  # packed (processes=auto), they fit
+    off = Experiment.from_cfg(compose([f"nodes.honest={many}", "processes=per_node", "memory_check=false"]))
     assert off.hash == exp.hash, "memory_check is host-local: not part of the config hash"
     off.check_host()
 

@@ -22,8 +22,8 @@ from byzctl.loggers.base import Logger
 from byzctl.loggers.none import NoLogger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg, aggregate
-from byzctl.topology.base import NodeSpec, Role, Topology
 from byzctl.topology import packing
+from byzctl.topology.base import NodeSpec, Role, Topology
 from byzctl.topology.cluster import Cluster, Place, load_cluster
 from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
@@ -38,6 +38,9 @@ MIN_ROUND_TIMEOUT_S = 1.0
 `byzctl bench rounds`), and a loaded machine stretches them; below 1 s rounds time out."""
 
 NODE_PROCESS_MB = 400
+PACKED_NODE_MB = 8
+"""What one more logical node adds to a host process (its model, optimizer state,
+sockets, thread), measured for the bundled digits and the default MLP."""
 """Memory of one node process (PSS): a 6-process ps run holds ~2.42 GB, flat over 1,000
 rounds (FACTS.md); each process imports torch on its own (~855 MB RSS, shared pages)."""
 
@@ -299,16 +302,23 @@ class Experiment:
             self.check_data()
         self.check_ports(local)
         if self.cfg.get("memory_check", True):
-            self.check_memory(len(local))
+            self.check_memory(len(self.hosts()), len(local))
 
-    def check_memory(self, processes: int) -> None:
-        """The node processes this launcher starts fit in this host's available memory."""
-        need, have = processes * NODE_PROCESS_MB, mem_available_mb()
+    def hosts(self) -> list[list[int]]:
+        """The host processes this launcher starts, as lists of node ids (`processes=`)."""
+        local = set(self.local_nodes())
+        return packing.pack([s for s in self.plan() if s.id in local], self.cfg.get("processes", packing.AUTO))
+
+    def check_memory(self, processes: int, nodes: int) -> None:
+        """The host processes this launcher starts, and the nodes they carry, fit in this
+        host's available memory."""
+        need, have = processes * NODE_PROCESS_MB + nodes * PACKED_NODE_MB, mem_available_mb()
         if have is not None and need > have:
             raise ConfigError(
-                f"nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {processes} node processes on this host "
-                f"need about {need} MB ({NODE_PROCESS_MB} MB each) but only {have} MB is available (MemAvailable); "
-                f"run fewer nodes, or set memory_check=false to launch anyway")
+                f"nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {processes} host processes carrying {nodes} "
+                f"nodes need about {need} MB ({NODE_PROCESS_MB} MB a process, {PACKED_NODE_MB} MB a node) but only {have} MB "
+                f"is available (MemAvailable); run fewer nodes or processes (processes=auto packs them), "
+                f"or set memory_check=false to launch anyway")
 
     def check_data(self) -> None:
         """The dataset loads here (for a csv: every row parses), the model builds for its

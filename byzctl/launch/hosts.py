@@ -15,7 +15,7 @@ from pathlib import Path
 
 from byzctl.node.host import HostArgs, host_main
 
-PRELOAD = ["byzctl.node.host"]
+PRELOAD = ["byzctl.node.preload"]
 """Imported once by the fork server: torch, byzctl's roles, aggregators, attacks and data."""
 
 _context: multiprocessing.context.ForkServerContext | None = None

@@ -30,7 +30,6 @@ from byzctl.launch.rundir import RunDir, read_json
 from byzctl.loggers import RunContext, headline
 from byzctl.states import RunState
 from byzctl.topology.base import Role
-from byzctl.topology.packing import AUTO, pack
 from byzctl.transport.sockets import private_ipc_dir
 
 log = logging.getLogger("byzctl")
@@ -78,8 +77,7 @@ class LocalLauncher:
     def spawn(self, monitor: Monitor, resolved: Path) -> None:
         """Start this host's nodes in host processes forked from the preloaded server,
         packed as `processes=` says (topology/packing.py)."""
-        local = set(self.local_nodes())
-        for group in pack([s for s in self.exp.plan() if s.id in local], self.exp.cfg.get("processes", AUTO)):
+        for group in self.exp.hosts():
             log_path = self.rundir.node_log(group[0]) if len(group) == 1 else self.rundir.path / "nodes" / f"host{group[0]}.log"
             host = start_host(group, self.control, self.run_id, resolved, log_path)
             for node_id in group:

@@ -26,7 +26,9 @@ from byzctl.errors import WireError
 
 PROTOCOL_VERSION = 1
 FRAME_BYTES = 63 * 2**20  # 16.5M float32 in one frame: ResNet-18's 11.7M fit
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+"""The monitor's peer table of a 1,000-node run is ~100 kB of header; what a header may
+hold is bounded by its bytes (a map entry takes at least 2), not by item counts."""
 MAX_TENSORS = 16
 MAX_DIMS = 8
 
@@ -167,7 +169,7 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Message:
     try:
         h = msgpack.unpackb(
             head, raw=False, strict_map_key=True, max_str_len=4096, max_bin_len=0,
-            max_array_len=MAX_TENSORS * 4 + 64, max_map_len=64, max_ext_len=0,
+            max_array_len=MAX_HEADER_BYTES, max_map_len=MAX_HEADER_BYTES // 2, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"header is not valid msgpack: {exc}") from None

@@ -1,0 +1,23 @@
+"""What the launcher's fork server loads once, before it forks host processes
+(launch/hosts.py): torch, byzctl's roles and components, and the compiled CPU
+selection kernel (numba), so no host process imports or compiles them again."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+import byzctl.node.host  # noqa: F401 - the import is the point: roles, aggregators, attacks, data
+
+
+def _kernels() -> None:
+    """Load (or, the first time on this machine, compile) numba's fp32 kernel."""
+    with contextlib.suppress(Exception):  # no numba, no cache directory: nodes fall back as they would anyway
+        from byzctl.aggregators._numba_select import MIN_COLUMNS
+        from byzctl.aggregators.cw_median import cw_median
+
+        cw_median(torch.zeros(3, MIN_COLUMNS))
+
+
+_kernels()
