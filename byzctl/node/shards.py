@@ -22,12 +22,19 @@ class Shard:
     input_shape: tuple[int, ...]
 
 
-def load_shard(exp: Experiment, spec: NodeSpec, splits: Splits | None = None) -> Shard:
-    """The node's shard: honest node i trains on partition i of the honest shards; a
-    Byzantine node j holds shard j mod honest (a compromised participant has data too)."""
+def shard_indices(exp: Experiment, splits: Splits) -> list[Tensor]:
+    """The training-sample indices of every honest shard, (k_i,) each."""
     ds = exp.dataset
-    splits = splits if splits is not None else ds.load(exp.cfg.seed)
-    parts = partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma, cuts=ds.cuts)
+    return partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma, cuts=ds.cuts)
+
+
+def load_shard(exp: Experiment, spec: NodeSpec, splits: Splits | None = None, parts: list[Tensor] | None = None) -> Shard:
+    """The node's shard: honest node i trains on partition i of the honest shards; a
+    Byzantine node j holds shard j mod honest (a compromised participant has data too).
+    `parts` (`shard_indices` of these splits) saves partitioning again for every node of
+    a process that loads many (`byzctl bench`'s floor)."""
+    splits = splits if splits is not None else exp.dataset.load(exp.cfg.seed)
+    parts = parts if parts is not None else shard_indices(exp, splits)
     index = spec.shard if spec.shard >= 0 else (spec.byz_index % exp.honest if spec.byzantine else -1)
     if exp.cluster is not None and spec.id in exp.cluster.shards:
         index = exp.cluster.shards[spec.id] % exp.honest
