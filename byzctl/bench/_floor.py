@@ -81,7 +81,8 @@ class Floor:
             return exp.aggregate(x, generator=generator(seed, spec.id, r, "attack-rule"))
 
         ctx = AttackContext(n=n, generator=generator(seed, spec.id, r, "attack"), aggregate=rule)
-        return exp.attack(view, f=exp.byzantine, ctx=ctx)[spec.byz_index % max(1, exp.byzantine)]  # (d,)
+        out = exp.attack(view, f=exp.byzantine, ctx=ctx)  # (f, d)
+        return out[spec.byz_index % max(1, exp.byzantine)].clone()  # (d,): not a view keeping all f rows alive
 
     def evaluate(self, params: Tensor) -> float:
         load_flat(self.model, params)

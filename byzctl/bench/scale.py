@@ -315,7 +315,7 @@ def judge(case: str, rows: dict[str, Row], ratio: dict[str, Any]) -> None:
     packed.verdict = "MISS" if False in met else ("n/a" if None in met else "PASS")
 
 
-def bench(cases: list[str], layouts: list[str], *, rounds: int | None = None, repeat: int = 1, timeout: float = 1800.0,
+def bench(cases: list[str], layouts: list[str], *, rounds: int | None = None, repeat: int = 1, timeout: float = 3600.0,
           mem_available: Callable[[], int | None] = mem_available_mb,
           on_case: Callable[[list[Row], dict[str, Any]], None] | None = None,
           progress: Callable[[str], None] | None = None) -> list[tuple[list[Row], dict[str, Any]]]:
@@ -380,7 +380,7 @@ def main(argv: list[str], *, mem_available: Callable[[], int | None] = mem_avail
                    help="comma-separated, of packed,per_process,floor (default all)")
     p.add_argument("--rounds", type=int, default=None, help="override every case's rounds (a quick try)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each layout, interleaved; figures are medians (default 1)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run is stopped (default 1800)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is stopped (default 3600)")
     args = p.parse_args(argv)
     if args.repeat < 1 or (args.rounds is not None and args.rounds < 1):
         p.error(f"--repeat and --rounds must be >= 1. Got --repeat {args.repeat}, --rounds {args.rounds}")
