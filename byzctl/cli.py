@@ -19,7 +19,7 @@ commands:
   run [overrides]          run an experiment (Hydra: -m sweeps, --cfg job, --help)
   node --id N [overrides]  run one node of a run on this host
   list KIND [--json]       available aggregators|preaggs|attacks|topologies|graphs|datasets|models|devices|security|loggers
-  bench WHAT [--json]      benchmarks: aggregators, transport, rounds
+  bench WHAT [--json]      benchmarks: aggregators, transport, rounds, scale
   report DIR               tables and plots of a run or a sweep
   status [DIR] [--json]    runs under outputs/ with their state
   doctor [--json]          check torch/CUDA, ZeroMQ/CURVE, bundled data, ports
@@ -298,7 +298,7 @@ def cmd_bench(rest: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="byzctl bench", usage="byzctl bench WHAT [--json] [overrides]",
                                 description="Benchmarks, each against its floor; `byzctl bench WHAT --help` for its options.")
-    p.add_argument("what", choices=["aggregators", "transport", "rounds"], help="what to measure")
+    p.add_argument("what", choices=["aggregators", "transport", "rounds", "scale"], help="what to measure")
     p.parse_args(rest[:1])  # an unknown WHAT exits 2 naming it and the choices
     module = importlib.import_module(f"byzctl.bench.{rest[0]}")
     return int(module.main(rest[1:]))

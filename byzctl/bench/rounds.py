@@ -21,23 +21,12 @@ from typing import Any
 
 import torch
 
+from byzctl.bench._proc import pss_mb
+
 SCENARIOS = {
     "ps": ["topology=ps", "aggregator=multi_krum", "model=cnn", "batch_size=64"],
     "local": ["topology=local", "graph=ring", "aggregator=cw_trimmed_mean", "model=cnn", "batch_size=64"],
 }
-
-
-def _pss_mb(pid: int) -> float:
-    """Proportional set size: resident memory with shared pages (torch's libraries)
-    divided among the processes that share them, so a sum over nodes is honest."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def real_run(overrides: list[str]) -> dict[str, Any]:
@@ -60,7 +49,7 @@ def real_run(overrides: list[str]) -> dict[str, Any]:
             while not stop.wait(0.5):
                 pids = [p.pid for p in launcher.procs.values() if p.poll() is None]
                 if pids:
-                    samples.append((time.monotonic() - t0, sum(_pss_mb(p) for p in pids)))
+                    samples.append((time.monotonic() - t0, sum(pss_mb(p) for p in pids)))
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
@@ -75,54 +64,12 @@ def real_run(overrides: list[str]) -> dict[str, Any]:
 
 
 def floor_run(overrides: list[str], rounds: int) -> float:
-    """The same learning in one process, no messages: seconds per round."""
+    """The same learning in one process, no messages (`_floor.Floor`): seconds per round."""
+    from byzctl.bench._floor import Floor
     from byzctl.config.compose import compose
     from byzctl.config.experiment import Experiment
-    from byzctl.learning import HonestLearner, apply_update, flat_params, make_model
-    from byzctl.learning.seeds import generator
-    from byzctl.node.shards import load_shard
 
-    exp = Experiment.from_cfg(compose(overrides))
-    cfg = exp.cfg
-    specs = [s for s in exp.plan() if s.role.value in ("worker", "peer")]
-    splits = exp.dataset.load(int(cfg.seed))
-    learners = {}
-    for s in specs:
-        sh = load_shard(exp, s, splits=splits)
-        model = make_model(exp.model, sh.input_shape, sh.num_classes, seed=cfg.seed, device=exp.device)
-        learners[s.id] = HonestLearner(model, sh.x_train, sh.y_train, batch_size=cfg.batch_size, momentum=cfg.momentum, momentum_init=cfg.momentum_init, seed=s.id)
-    params = {s.id: flat_params(next(iter(learners.values())).model) for s in specs}
-    graph = exp.neighbours() if exp.decentralized else None
-    lr, wd = float(cfg.lr), float(cfg.weight_decay)
-
-    def byz(vec: torch.Tensor, r: int) -> torch.Tensor:
-        from byzctl.attacks.base import AttackContext
-
-        ctx = AttackContext(n=exp.n, generator=generator(0, r), aggregate=None)
-        return exp.attack(vec[None], f=exp.byzantine, ctx=ctx)[0]
-
-    t0 = time.perf_counter()
-    for r in range(rounds):
-        if graph is None:
-            p = params[specs[0].id]
-            vecs = [learners[s.id].momentum_gradient(p, r) for s in specs]
-            vecs = [byz(v, r) if s.byzantine else v for s, v in zip(specs, vecs)]
-            agg = exp.aggregate(torch.stack(vecs), generator=generator(1, r))
-            new = apply_update(p, agg, lr=lr, weight_decay=wd)
-            params = {s.id: new for s in specs}
-        else:
-            half = {}
-            for s in specs:
-                m = learners[s.id].momentum_gradient(params[s.id], r)
-                v = params[s.id] - lr * (m + wd * params[s.id])
-                half[s.id] = byz(v, r) if s.byzantine else v
-            for s in specs:
-                if not s.byzantine:
-                    x = torch.stack([half[s.id], *(half[j] for j in sorted(graph[s.id]))])
-                    params[s.id] = exp.aggregate(x, generator=generator(2, r))
-                else:
-                    params[s.id] = half[s.id]
-    return (time.perf_counter() - t0) / rounds
+    return Floor(Experiment.from_cfg(compose(overrides))).run(rounds, eval_every=None).train_s / rounds
 
 
 def main(argv: list[str]) -> int:

@@ -27,24 +27,32 @@ _cache: dict[str, tuple[Splits, list[Tensor]]] = {}
 _cache_lock = threading.Lock()
 
 
-def _split(exp: Experiment, splits: Splits | None) -> tuple[Splits, list[Tensor]]:
+def shard_indices(exp: Experiment, splits: Splits) -> list[Tensor]:
+    """The training-sample indices of every honest shard, (k_i,) each."""
+    ds = exp.dataset
+    return partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma, cuts=ds.cuts)
+
+
+def _loaded(exp: Experiment) -> tuple[Splits, list[Tensor]]:
     """The run's data and its partition, loaded once per process: the nodes packed in a
     host process (node/host.py) share them (and the test split) instead of each loading
     the dataset again."""
-    ds = exp.dataset
-    if splits is not None:
-        return splits, partition(splits.y_train, exp.honest, scheme=ds.partition, seed=exp.cfg.seed, alpha=ds.alpha, gamma=ds.gamma, cuts=ds.cuts)
     with _cache_lock:
         if exp.hash not in _cache:
             _cache.clear()  # one run per host process
-            _cache[exp.hash] = _split(exp, ds.load(exp.cfg.seed))
+            splits = exp.dataset.load(exp.cfg.seed)
+            _cache[exp.hash] = splits, shard_indices(exp, splits)
         return _cache[exp.hash]
 
 
-def load_shard(exp: Experiment, spec: NodeSpec, splits: Splits | None = None) -> Shard:
+def load_shard(exp: Experiment, spec: NodeSpec, splits: Splits | None = None, parts: list[Tensor] | None = None) -> Shard:
     """The node's shard: honest node i trains on partition i of the honest shards; a
-    Byzantine node j holds shard j mod honest (a compromised participant has data too)."""
-    splits, parts = _split(exp, splits)
+    Byzantine node j holds shard j mod honest (a compromised participant has data too).
+    Without `splits`, the process's cached load; `parts` (`shard_indices` of `splits`)
+    saves partitioning again for every node of a process that loads many."""
+    if splits is None:
+        splits, parts = _loaded(exp)
+    parts = parts if parts is not None else shard_indices(exp, splits)
     index = spec.shard if spec.shard >= 0 else (spec.byz_index % exp.honest if spec.byzantine else -1)
     if exp.cluster is not None and spec.id in exp.cluster.shards:
         index = exp.cluster.shards[spec.id] % exp.honest
