@@ -63,7 +63,7 @@ def host_main(args: HostArgs) -> None:
     os.close(null)
     exp = Experiment.from_cfg(load_resolved(args.resolved, "--resolved"))
     if len(args.nodes) == 1:
-        code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir)
+        code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir, launcher_pid=args.launcher_pid)
     else:
         code = run_host(exp, list(args.nodes), args.control, args.run_id, args.run_dir, args.launcher_pid)
     logging.shutdown()

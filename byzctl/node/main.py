@@ -97,11 +97,12 @@ def orphaned(parent: int, run_dir: str | None, node_ids: list[int]) -> None:
 
 
 def run_node(exp: Experiment, node_id: int, control: str, run_id: str, run_dir: str | None = None,
-             state_dir: str | None = None) -> int:
+             state_dir: str | None = None, launcher_pid: int | None = None) -> int:
     """Run node `node_id` of `exp` until its last round; returns the exit code: 0 when the
     run completed (or this node finished its part), 1 when the run failed, the node failed,
-    or the coordinator was lost (the node then saves its state under `state_dir`)."""
-    parent = os.getppid()
+    or the coordinator was lost (the node then saves its state under `state_dir`).
+    `launcher_pid`: the process whose death orphans this node (default: the parent)."""
+    parent = launcher_pid or os.getppid()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s node{node_id}: %(message)s")
     handle_sigterm()
     torch.set_num_threads(exp.cfg.device.threads)
