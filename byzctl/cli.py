@@ -84,7 +84,15 @@ def _debug(argv: list[str]) -> bool:
 
 
 # -- run ------------------------------------------------------------------------------
+INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+"""`byzctl run` flags that only print (no run, so no fork server to start)."""
+
+
 def cmd_run(rest: list[str]) -> int:
+    if not any(a.split("=")[0] in INSPECT_FLAGS for a in rest):
+        from byzctl.launch.hosts import warm_up
+
+        warm_up()  # the fork server imports torch while this process imports Hydra and composes
     from byzctl.config.compose import normalize_overrides
     from byzctl.launch import app
 

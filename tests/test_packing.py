@@ -34,9 +34,10 @@ def _peers(n: int) -> list[NodeSpec]:
 
 def test_auto_keeps_small_runs_one_process_per_node_and_packs_large_ones():
     assert pack(_ps(5), "auto", cores=2) == [[0], [1], [2], [3], [4], [5]]  # the embedded default: 6 processes
-    assert pack(_ps(13), "auto", cores=2) == [[0], list(range(1, 14))]  # the server alone, workers together
-    assert pack(_ps(13), "auto", cores=4) == [[0], [1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13]]
-    assert pack(_peers(10), "auto", cores=2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # ring neighbours together
+    # the server alone, the workers in two hosts per core
+    assert pack(_ps(13), "auto", cores=2) == [[0], [1, 2, 3, 4], [5, 6, 7], [8, 9, 10], [11, 12, 13]]
+    assert pack(_ps(13), "auto", cores=1) == [[0], [1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    assert pack(_peers(10), "auto", cores=2) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # ring neighbours together
     hub = _peers(10) + [NodeSpec(10, Role.relay)]
     assert pack(hub, "3") == [[10], [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert pack(_ps(3), "per_node") == [[0], [1], [2], [3]]

@@ -151,7 +151,7 @@ class Config:
     """launcher=remote: ids to start on this host; null: those the cluster file places here."""
     processes: str = "auto"
     """How many host processes carry this host's nodes: auto (one per node up to 8 nodes,
-    else about one per core, the ps server or hub relay alone), per_node, or a number.
+    else two per core, the ps server or hub relay alone), per_node, or a number.
     Results do not depend on it (not hashed)."""
     memory_check: bool = True
     """Refuse to launch when the node processes this host starts (about 400 MB each) do not

@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from byzctl.node.host import HostArgs, host_main
-
 PRELOAD = ["byzctl.node.preload"]
 """Imported once by the fork server: torch, byzctl's roles, aggregators, attacks and data."""
 
@@ -30,7 +28,8 @@ def fork_server() -> multiprocessing.context.ForkServerContext:
 
 
 def warm_up() -> None:
-    """Start the fork server now (its imports overlap the launcher's own set-up)."""
+    """Start the fork server now: its imports (torch, ~3 CPU-seconds) overlap the
+    launcher's own. Imports nothing heavy itself (`byzctl run` calls it first thing)."""
     from multiprocessing import forkserver
 
     fork_server()
@@ -63,6 +62,9 @@ class Host:
 
 def start_host(nodes: list[int], control: str, run_id: str, resolved: Path, log_path: Path) -> Host:
     """A host process for `nodes`, forked from the preloaded server; its output goes to `log_path`."""
+    # torch comes with these: imported here, not by `warm_up`'s callers
+    from byzctl.node.host import HostArgs, host_main
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = HostArgs(nodes=tuple(nodes), control=control, run_id=run_id, resolved=str(resolved),
                     run_dir=str(resolved.parent), log_path=str(log_path), launcher_pid=os.getpid())

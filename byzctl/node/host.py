@@ -32,6 +32,10 @@ from byzctl.transport import curve
 
 log = logging.getLogger("byzctl.node")
 
+SWITCH_INTERVAL_S = 0.0005
+"""How long a thread may hold the GIL while another waits (Python's default is 5 ms):
+a node whose message arrived must not wait 5 ms for a sibling's round to yield."""
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(node)s: %(message)s"
 
 
@@ -110,6 +114,7 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     logging.basicConfig(level=logging.INFO, handlers=[_NodeLogs(files)], force=True)
     node_main.handle_sigterm()
     torch.set_num_threads(exp.cfg.device.threads)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     specs = [node_main.spec_of(exp, i) for i in node_ids]
     ctx = zmq.Context()
     ring = exp.keyring

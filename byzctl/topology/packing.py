@@ -3,8 +3,10 @@
 A host process carries one or many logical nodes; each keeps its own sockets,
 heartbeats and state, while the process's imported torch and ZeroMQ context are
 shared. `auto` gives small runs one process per node (what a deployment looks
-like) and packs larger ones into about as many host processes as cores, the
-central node (ps server, hub relay) in a process of its own.
+like) and packs larger ones into two host processes per core (nodes of one host
+take turns on its interpreter lock: case A, 13 workers on 2 cores, trained 300
+rounds in 19.9 s in one worker host, 13.2 s in two, 11.6 s in four, 16.5 s in one
+process per node), the central node (ps server, hub relay) in a process of its own.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def pack(specs: list[NodeSpec], processes: object, cores: int | None = None) -> 
     ids = [s.id for s in specs]
     if how == PER_NODE or (how == AUTO and len(ids) <= AUTO_PER_NODE_UP_TO):
         return [[i] for i in ids]
-    count = max(2, cores or os.cpu_count() or 2) if how == AUTO else int(how)
+    count = 1 + 2 * max(1, cores or os.cpu_count() or 1) if how == AUTO else int(how)
     central = [s.id for s in specs if s.role.central]
     rest = [s.id for s in specs if not s.role.central]
     hosts = [[i] for i in central] if count > 1 else []
