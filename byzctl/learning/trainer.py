@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from byzctl.learning.batched import GradientBatcher
 from byzctl.learning.seeds import generator
 from byzctl.models.base import ModelConfig
 
@@ -86,8 +87,11 @@ class HonestLearner:
         self.m: Tensor | None = None
         self.m_prev: Tensor | None = None
         self.last_loss = float("nan")
+        self.batcher: tuple[GradientBatcher, int] | None = None
+        """(the host's batcher, this node's id): the gradient is computed in one batched
+        call with the other honest nodes of this host process (learning/batched.py)."""
 
-    def _batch(self, t: int) -> tuple[Tensor, Tensor]:
+    def batch(self, t: int) -> tuple[Tensor, Tensor]:
         epoch, pos = divmod(t, self.per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
@@ -97,8 +101,12 @@ class HonestLearner:
 
     def gradient(self, params: Tensor, t: int) -> Tensor:
         """The loss gradient at `params` on round t's batch, (d,)."""
+        if self.batcher is not None:
+            batcher, node = self.batcher
+            g, self.last_loss = batcher.gradient(node, self, params, t)
+            return g
         load_flat(self.model, params)
-        xb, yb = self._batch(t)
+        xb, yb = self.batch(t)
         self.model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(xb), yb)
         loss.backward()

@@ -27,6 +27,7 @@ import zmq
 
 from byzctl.config.compose import load_resolved
 from byzctl.config.experiment import Experiment
+from byzctl.learning.batched import GradientBatcher
 from byzctl.node import main as node_main
 from byzctl.transport import curve
 
@@ -120,11 +121,12 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     ring = exp.keyring
     auth = curve.start_authenticator(ctx, ring) if ring is not None else None
     codes: dict[int, int] = {}
+    batcher = GradientBatcher()
 
     def one(spec_id: int) -> None:
         spec = next(s for s in specs if s.id == spec_id)
         try:
-            codes[spec_id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx)
+            codes[spec_id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx, batcher=batcher)
         except BaseException as exc:  # noqa: BLE001 - a thread's failure is this node's exit code
             log.error("failed: %s", exc, exc_info=not isinstance(exc, SystemExit))
             codes[spec_id] = 1

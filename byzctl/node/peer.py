@@ -56,8 +56,8 @@ class Peer(NodeRuntime):
         links_cls = HubLinks if exp.topology.name == "hub" else MeshLinks
         self.links: Links = links_cls(self, self.outs, self.ins)
         y = self.poison_labels(shard.y_train, shard.num_classes)
-        self.learner = HonestLearner(self.model, shard.x_train, y, batch_size=cfg.batch_size, momentum=cfg.momentum,
-                                     seed=cfg.seed * 1000 + me, momentum_init=cfg.momentum_init)
+        self.learner = self.learn_with_host(HonestLearner(self.model, shard.x_train, y, batch_size=cfg.batch_size, momentum=cfg.momentum,
+                                     seed=cfg.seed * 1000 + me, momentum_init=cfg.momentum_init))
         self.test_x, self.test_y = shard.x_test, shard.y_test
         self.early: dict[int, dict[int, Tensor]] = {}
         self.prev_agg: Tensor | None = None

@@ -20,4 +20,14 @@ def _kernels() -> None:
         cw_median(torch.zeros(3, MIN_COLUMNS))
 
 
+def _batched() -> None:
+    """torch.func's first batched gradient takes ~1.5 s to set up; pay it here once."""
+    from byzctl.learning.batched import batched_gradients
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    d = sum(p.numel() for p in model.parameters())
+    batched_gradients(model, torch.zeros(2, d), torch.zeros(2, 5, 4), torch.zeros(2, 5, dtype=torch.long))
+
+
 _kernels()
+_batched()

@@ -258,8 +258,8 @@ class PsWorker(NodeRuntime):
         cfg = self.exp.cfg
         model = make_model(self.exp.model, shard.input_shape, shard.num_classes, seed=cfg.seed, device=self.exp.device)
         y = self.poison_labels(shard.y_train, shard.num_classes)
-        self.learner = HonestLearner(model, shard.x_train, y, batch_size=cfg.batch_size, momentum=cfg.momentum,
-                                     seed=cfg.seed * 1000 + self.spec.id, momentum_init=cfg.momentum_init)
+        self.learner = self.learn_with_host(HonestLearner(model, shard.x_train, y, batch_size=cfg.batch_size, momentum=cfg.momentum,
+                                     seed=cfg.seed * 1000 + self.spec.id, momentum_init=cfg.momentum_init))
         self.limit_messages(sum(p.numel() for p in model.parameters()), vectors=self.exp.n)  # model, or the oracle's (h, d)
         self.params: Tensor | None = None
         self.pending: DagRun | None = None

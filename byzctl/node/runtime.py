@@ -21,7 +21,9 @@ from torch import Tensor
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import HandshakeError, PeerError, WireError
+from byzctl.learning.batched import GradientBatcher, batchable
 from byzctl.learning.seeds import generator
+from byzctl.learning.trainer import HonestLearner
 from byzctl.topology.base import NodeSpec
 from byzctl.transport import curve, sockets
 from byzctl.transport.drops import DropLog, Reason
@@ -43,9 +45,12 @@ def by_id(vectors: dict[Any, Tensor]) -> list[Tensor]:
 class NodeRuntime:
     """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`."""
 
-    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None):
+    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None,
+                 batcher: GradientBatcher | None = None):
         """`ctx`: the host process's shared context (nodes packed in one process; its owner
-        runs the one CURVE authenticator); None: this node's own."""
+        runs the one CURVE authenticator); None: this node's own. `batcher`: the host's
+        batched gradients (learning/batched.py), None: this node computes its own."""
+        self.batcher = batcher
         self.exp, self.spec, self.run_id = exp, spec, run_id
         self.started_at = time.monotonic()  # reset by start(): training time is counted from there
         self.topo = exp.topology
@@ -103,6 +108,14 @@ class NodeRuntime:
         if self.ring is not None:
             curve.secure_client(sock, self.ring, self.spec.id, server)
         return sock
+
+    def learn_with_host(self, learner: HonestLearner) -> HonestLearner:
+        """Compute `learner`'s gradients in the host's batched calls, if this node is
+        packed with others and its model allows it."""
+        if self.batcher is not None and batchable(learner.model):
+            self.batcher.join(self.spec.id)
+            learner.batcher = (self.batcher, self.spec.id)
+        return learner
 
     def router(self, *, sndhwm: int) -> zmq.Socket:
         """A ROUTER of this node (its inbox)."""
