@@ -43,7 +43,8 @@ def by_id(vectors: dict[Any, Tensor]) -> list[Tensor]:
 
 
 class NodeRuntime:
-    """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`."""
+    """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`;
+    the roles that own rounds get them from `node/rounds.py` RoundLoop."""
 
     def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None,
                  batcher: GradientBatcher | None = None):
