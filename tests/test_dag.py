@@ -45,11 +45,13 @@ def test_gather_closes_early_only_with_its_minimum():
     run.feed("g", 0, 0)
     run.feed("g", 1, 1)
     assert not run.close("g")
+    assert run.arrived_from("g") == {0, 1} and not run.has("g")
     run.feed("g", 4, 4)
     assert run.close("g")
     assert not run.feed("g", 2, 2)  # late arrivals are dropped
+    assert run.has("g") and run.arrived_from("g") == {0, 1, 4} and not run.has("n")
     run.advance()
-    assert run.result("n") == 3
+    assert run.has("n") and run.result("n") == 3
 
 
 def test_heavy_ops_run_on_the_pool_and_errors_surface():

@@ -111,6 +111,14 @@ class DagRun:
     def arrived(self, name: str) -> int:
         return len(self.partial[name])
 
+    def arrived_from(self, name: str) -> frozenset[Hashable]:
+        """The senders whose values Gather `name` holds so far."""
+        return frozenset(self.partial[name])
+
+    def has(self, name: str) -> bool:
+        """Whether `name` has its value: an input provided, a Gather closed, an op done."""
+        return name in self.values
+
     def close(self, name: str, *, force: bool = False) -> bool:
         """Complete a Gather with what arrived, if that is at least its minimum (or
         regardless, with `force`: every sender still alive has answered)."""

@@ -1,6 +1,6 @@
 """Decentralized peers (hub, mesh, local): each honest node trains and aggregates itself.
 
-Honest round r, as a DAG:
+Honest round r, as a DAG (driven by node/rounds.py):
   params -> half-step -> send to out-neighbours -+
   gather(in-neighbours' vectors of round r) -----+-> aggregate(own + received) -> update -> evaluate -> report
 Byzantine round r:
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, cast
+from typing import Any
 
 import torch
 import zmq
@@ -23,9 +23,10 @@ from torch import Tensor
 from byzctl.attacks.base import Knowledge
 from byzctl.dag import Dag, DagRun, Gather, Op
 from byzctl.errors import RuleError
-from byzctl.learning import HonestLearner, evaluate, flat_params, load_flat, make_model
+from byzctl.learning import HonestLearner, flat_params, make_model
 from byzctl.node.links import HubLinks, Links, MeshLinks
-from byzctl.node.runtime import NodeRuntime, by_id
+from byzctl.node.rounds import RoundLoop
+from byzctl.node.runtime import by_id
 from byzctl.node.shards import Shard
 from byzctl.topology.decentralized import Decentralized, Exchange
 from byzctl.transport.wire import Message
@@ -36,7 +37,7 @@ WINDOW = 4
 """Rounds ahead of its own for which a peer buffers early vectors (a bound on memory)."""
 
 
-class Peer(NodeRuntime):
+class Peer(RoundLoop):
     @property
     def exchange(self) -> Exchange:
         """What peers send each other: models or gradients (decentralized topologies only)."""
@@ -63,7 +64,6 @@ class Peer(NodeRuntime):
         self.prev_agg: Tensor | None = None
         self.lr, self.wd = float(cfg.lr), float(cfg.weight_decay)
         self.f = exp.aggregator.resolve_f(exp.byzantine)
-        self.eval_row: dict[str, Any] = {}
         self.skipped = 0
         self.outbox: dict[int, deque[tuple[float, Message]]] = {}
         """Vectors whose send queue was full, per recipient in order, each with its
@@ -83,16 +83,12 @@ class Peer(NodeRuntime):
 
     # -- rounds ---------------------------------------------------------------------
     def start(self) -> None:
-        self.started_at = time.monotonic()
         if self.rejoin_round > self.round:
             # A restarted peer jumps to the current round; aggregating its neighbours'
             # vectors then brings its model to theirs.
             log.info("rejoining at round %d", self.rejoin_round)
             self.round = self.rejoin_round
-        if self.round >= self.exp.cfg.rounds:  # resumed from the final checkpoint: nothing left
-            self.finish()
-            return
-        self._begin_round()
+        super().start()
 
     def resumable(self) -> dict[str, Any]:
         return {"params": self.params, "m": self.learner.m, "prev_agg": self.prev_agg}
@@ -113,9 +109,7 @@ class Peer(NodeRuntime):
     def _reads_view(self) -> bool:
         return self.exp.attack.knowledge == Knowledge.omniscient and not self.exp.attack.poisons_data
 
-    def _dag(self) -> Dag:
-        r = self.round
-        due = (r + 1) % self.exp.cfg.eval_every == 0 or r + 1 == self.exp.cfg.rounds
+    def round_dag(self) -> Dag:
         expect = frozenset(self._listens_to())
         gathers = {"neigh": Gather(expect, max(0, len(expect) - self.f))}
         if self.spec.byzantine and not self.exp.attack.poisons_data:
@@ -130,19 +124,13 @@ class Peer(NodeRuntime):
             Op("send", self._send_all, ("half",)),
             Op("aggregate", self._aggregate, ("send", "neigh"), heavy=True),
             Op("update", self._update, ("aggregate",)),
-            Op("evaluate", self._evaluate if due and not self.spec.byzantine else (lambda p: None), ("update",), heavy=due),
-            Op("report", self._report, ("evaluate",)),
+            *self.eval_ops("update", due=self.evaluation_due() and not self.spec.byzantine),
         ], gathers)
 
-    def _begin_round(self) -> None:
-        self.snapshot()
-        self.run = DagRun(self._dag(), self.pool, self.wake_w)
-        self.round_t0 = time.monotonic()
-        self.quorum_t: float | None = None
-        self.run.provide("params", self.params)
+    def open_round(self, run: DagRun) -> None:
+        run.provide("params", self.params)
         for src, vec in self.early.pop(self.round, {}).items():
-            self.run.feed("neigh", src, vec)
-        self.run.advance()
+            run.feed("neigh", src, vec)
 
     # honest ops
     def _half(self, params: Tensor) -> Tensor:
@@ -195,18 +183,8 @@ class Peer(NodeRuntime):
             self.params = agg.to(self.params.dtype)
         return self.params
 
-    def _evaluate(self, params: Tensor) -> dict[str, Any]:
-        load_flat(self.model, params)
-        loss, acc = evaluate(self.model, self.test_x, self.test_y)
-        return {"round": self.round + 1, "test_loss": loss, "test_accuracy": acc}
-
-    def _report(self, row: dict[str, Any] | None) -> None:
-        if row is None:
-            return
-        self.eval_row = row
-        log.info("[round %04d] test loss=%.4f acc=%.4f", row["round"], row["test_loss"], row["test_accuracy"])
-        meta = {**row, "node": self.spec.id, "role": "peer", "time": time.monotonic() - self.started_at}
-        self.report("metric", meta, tensors=[self.params])
+    def metric_tensors(self) -> list[Tensor]:
+        return [self.params]  # the monitor's consensus distance
 
     # Byzantine ops
     def _own(self, params: Tensor) -> Tensor:
@@ -267,31 +245,17 @@ class Peer(NodeRuntime):
     def next_deadline(self) -> float | None:
         if self.outbox:
             return time.monotonic() + 0.01
-        if self.quorum_t is not None:
-            return self.quorum_t + self.topo.quorum_deadline
-        return self.round_t0 + self.topo.round_timeout
+        return super().next_deadline()
 
     def on_tick(self, now: float) -> None:
         self._flush(now)
-        run = self.run
-        if "neigh" not in run.values:
-            spec = run.dag.gathers["neigh"]
-            lost = set(spec.expected) & self.lost  # a lost neighbour lowers the quorum too
-            if set(spec.expected) - self.lost <= set(run.partial["neigh"]):
-                run.close("neigh", force=True)  # every live neighbour answered
-            elif run.arrived("neigh") >= spec.minimum - len(lost):
-                self.quorum_t = self.quorum_t or now
-                if now - self.quorum_t >= self.topo.quorum_deadline:
-                    run.close("neigh", force=True)
-            elif now - self.round_t0 >= self.topo.round_timeout:
-                missing = sorted(cast("set[int]", set(spec.expected) - set(run.partial["neigh"])))  # node ids
-                log.warning("round %d: round_timeout with neighbours %s missing; going on with %d", self.round, missing, run.arrived("neigh"))
-                run.values["neigh"] = dict(run.partial["neigh"])
-        run.advance()
-        if run.error is not None:
-            raise run.error
-        if run.done:
-            self.round_done()
+        super().on_tick(now)
+
+    def quorum(self, name: str, spec: Gather) -> int:
+        return spec.minimum - len(set(spec.expected) & self.lost)  # a lost neighbour lowers the quorum too
+
+    def round_timed_out(self, name: str, missing: list[int]) -> None:
+        log.warning("round %d: round_timeout with neighbours %s missing; going on with %d", self.round, missing, self.run.arrived(name))
 
     def finish(self) -> None:
         self.report_done(skipped_aggregations=self.skipped)

@@ -1,7 +1,7 @@
 """Parameter-server roles: the server aggregates, workers answer with vectors.
 
-Round r, as DAGs:
-  server:  gather(vectors | honest -> oracle -> byzantine) -> stack -> aggregate -> step -> evaluate -> broadcast
+Round r, as DAGs (the server's driven by node/rounds.py):
+  server:  gather(vectors | honest -> oracle -> byzantine) -> stack -> aggregate -> step -> evaluate -> report
   honest:  model -> momentum gradient -> send
   byzantine: model | oracle view -> attack -> send
 With `attack.knowledge=omniscient` the server, acting as the adversary's oracle in
@@ -11,9 +11,8 @@ simulation, first sends the round's honest vectors to the Byzantine workers.
 from __future__ import annotations
 
 import logging
-import time
 from concurrent import futures
-from typing import Any, cast
+from typing import Any
 
 import torch
 import zmq
@@ -22,7 +21,8 @@ from torch import Tensor
 from byzctl.attacks.base import Knowledge
 from byzctl.dag import Dag, DagRun, Gather, Op
 from byzctl.errors import PeerError
-from byzctl.learning import HonestLearner, apply_update, evaluate, flat_params, make_model
+from byzctl.learning import HonestLearner, apply_update, flat_params, make_model
+from byzctl.node.rounds import RoundLoop
 from byzctl.node.runtime import NodeRuntime, by_id, identity
 from byzctl.node.shards import Shard
 from byzctl.topology.base import Role
@@ -37,7 +37,7 @@ REFUSALS_PER_ID = 3
 (a peer that floods hellos and never reads must cost the loop nothing)."""
 
 
-class PsServer(NodeRuntime):
+class PsServer(RoundLoop):
     """Holds the model; aggregates the workers' vectors each round and steps."""
 
     def setup(self, shard: Shard) -> None:
@@ -55,7 +55,6 @@ class PsServer(NodeRuntime):
         self.routes: dict[int, bytes] = {}
         self.refusals: dict[bytes, int] = {}  # routing id -> refusals sent to it
         self.prev_agg: Tensor | None = None
-        self.eval_row: dict[str, Any] = {}
 
     def endpoints(self) -> dict[str, str]:
         return {"data": self.bound}
@@ -68,7 +67,7 @@ class PsServer(NodeRuntime):
         self.wait_for_workers()
 
     # -- round graph -------------------------------------------------------------------
-    def _dag(self, evaluate_now: bool) -> Dag:
+    def round_dag(self) -> Dag:
         f = self.exp.byzantine
         honest = frozenset(i for i, b in self.workers.items() if not b and i not in self.lost)
         byz = frozenset(i for i, b in self.workers.items() if b and i not in self.lost)
@@ -76,8 +75,7 @@ class PsServer(NodeRuntime):
         ops = [
             Op("aggregate", self._aggregate, ("stack",), heavy=True),
             Op("step", self._step, ("aggregate",)),
-            Op("evaluate", self._evaluate if evaluate_now else (lambda p: None), ("step",), heavy=evaluate_now),
-            Op("broadcast", self._broadcast, ("evaluate",)),
+            *self.eval_ops("step", due=self.evaluation_due()),
         ]
         if self.exp.attack.knowledge == Knowledge.omniscient and byz:
             gathers = {"honest": Gather(honest, max(1, quorum - len(byz))), "byzantine": Gather(byz, 0)}
@@ -87,21 +85,7 @@ class PsServer(NodeRuntime):
             ops += [Op("stack", _stack1, ("vectors",))]
         return Dag([], ops, gathers)
 
-    def start(self) -> None:
-        self.started_at = time.monotonic()
-        if self.round >= self.exp.cfg.rounds:  # resumed from the final checkpoint: nothing left
-            self.finish()
-            return
-        self._begin_round()
-
-    def _begin_round(self) -> None:
-        last = self.round + 1 == self.exp.cfg.rounds
-        due = (self.round + 1) % self.exp.cfg.eval_every == 0 or last
-        self.snapshot()
-        self.run = DagRun(self._dag(due), self.pool, self.wake_w)
-        self.round_t0 = time.monotonic()
-        self.quorum_t: dict[str, float] = {}
-        self.run.advance()
+    def open_round(self, run: DagRun) -> None:
         msg = self.msg("model", tensors=[self.params])
         for wid in self.workers:
             if wid not in self.lost:
@@ -133,20 +117,6 @@ class PsServer(NodeRuntime):
         self.prev_agg = agg
         self.params = apply_update(self.params, agg, lr=self.exp.cfg.lr, weight_decay=self.exp.cfg.weight_decay)
         return self.params
-
-    def _evaluate(self, params: Tensor) -> dict[str, Any]:
-        from byzctl.learning import load_flat
-
-        load_flat(self.model, params)
-        loss, acc = evaluate(self.model, self.test_x, self.test_y)
-        return {"round": self.round + 1, "test_loss": loss, "test_accuracy": acc}
-
-    def _broadcast(self, row: dict[str, Any] | None) -> None:
-        if row is not None:
-            self.eval_row = row
-            row = {**row, "node": self.spec.id, "role": "server", "time": time.monotonic() - self.started_at}
-            log.info("[round %04d] test loss=%.4f acc=%.4f", row["round"], row["test_loss"], row["test_accuracy"])
-            self.report("metric", row)
 
     # -- messages and deadlines ---------------------------------------------------------
     def on_message(self, ident: bytes | None, msg: Message, sock: zmq.Socket) -> None:
@@ -211,31 +181,11 @@ class PsServer(NodeRuntime):
 
         self.wait_for(self.sock, lambda: set(self.workers) - self.lost <= set(self.idents.values()), self.topo.join_timeout, missing)
 
-    def next_deadline(self) -> float | None:
-        times = [t + self.topo.quorum_deadline for t in self.quorum_t.values()]
-        times.append(self.round_t0 + self.topo.round_timeout)
-        return min(times)
+    def gather_ready(self, name: str) -> bool:
+        return name != "byzantine" or self.run.has("oracle")
 
-    def on_tick(self, now: float) -> None:
-        run = self.run
-        for name, spec in run.dag.gathers.items():
-            if name in run.values:
-                continue
-            ready = name != "byzantine" or "oracle" in run.values
-            if ready and set(spec.expected) - self.lost <= set(run.partial[name]):
-                run.close(name, force=True)  # every live node answered
-            elif ready and run.arrived(name) >= spec.minimum:
-                t = self.quorum_t.setdefault(name, now)
-                if now - t >= self.topo.quorum_deadline:
-                    run.close(name)
-            elif now - self.round_t0 > self.topo.round_timeout:
-                missing = sorted(cast("set[int]", set(spec.expected) - set(run.partial[name])))  # node ids
-                raise PeerError(f"round {self.round}: no quorum after round_timeout={self.topo.round_timeout}s; missing workers {missing}")
-        run.advance()
-        if run.error is not None:
-            raise run.error
-        if run.done:
-            self.round_done()
+    def round_timed_out(self, name: str, missing: list[int]) -> None:
+        raise PeerError(f"round {self.round}: no quorum after round_timeout={self.topo.round_timeout}s; missing workers {missing}")
 
     def finish(self) -> None:
         for wid in self.workers:

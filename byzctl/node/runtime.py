@@ -43,7 +43,8 @@ def by_id(vectors: dict[Any, Tensor]) -> list[Tensor]:
 
 
 class NodeRuntime:
-    """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`."""
+    """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`;
+    the roles that own rounds get them from `node/rounds.py` RoundLoop."""
 
     def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None,
                  batcher: GradientBatcher | None = None):
@@ -278,28 +279,6 @@ class NodeRuntime:
             self.lost.discard(node)
         else:
             self.lost.add(node)
-
-    # -- rounds ------------------------------------------------------------------------
-    def round_done(self) -> None:
-        """A round's DAG finished: count it, checkpoint if due, then finish or begin the next."""
-        self.round += 1
-        self.snapshot()
-        if self.checkpoint_due(self.round):
-            self.send_state(self.round, self.resumable())
-        if self.round >= self.exp.cfg.rounds:
-            self.finish()  # type: ignore[attr-defined]
-        else:
-            self._begin_round()  # type: ignore[attr-defined]
-
-    def report_done(self, **extra: Any) -> None:
-        """Send the final figures (the last evaluation) and stop serving."""
-        self.state = "done"
-        row = getattr(self, "eval_row", {})
-        summary = {"rounds_completed": self.round, "test_accuracy": row.get("test_accuracy"),
-                   "test_loss": row.get("test_loss"), "wall_seconds": time.monotonic() - self.started_at,
-                   "dropped_messages": self.dropped, **extra}
-        self.report("done", summary)
-        self.finished = True
 
     # -- checkpoints ---------------------------------------------------------------------
     def resumable(self) -> dict[str, Any]:
