@@ -152,7 +152,7 @@ RUN_CASES = [
     pytest.param(["topology.peer_timeout=0.9"], "heartbeat_interval=0.5", id="peer timeout below two heartbeats", marks=slow),
     pytest.param(["topology.round_timeout=0.01"], "round_timeout=0.01", id="tiny round timeout", marks=slow),
     pytest.param(["nodes.honest=500", "processes=per_node"], "502 host processes carrying 502 nodes", id="more processes than memory"),
-    pytest.param(["topology=local", "nodes.honest=400", "graph=ring", "nodes.byzantine=0", "processes=per_node"], "need about 163200 MB",
+    pytest.param(["topology=local", "nodes.honest=400", "graph=ring", "nodes.byzantine=0", "processes=per_node"], "need about 167200 MB",
                  id="more peers than memory", marks=slow),
 ]
 

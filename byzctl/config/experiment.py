@@ -38,11 +38,13 @@ MIN_ROUND_TIMEOUT_S = 1.0
 `byzctl bench rounds`), and a loaded machine stretches them; below 1 s rounds time out."""
 
 NODE_PROCESS_MB = 400
-PACKED_NODE_MB = 8
+"""Memory of one host process (PSS): a 6-process ps run held ~2.42 GB, flat over 1,000
+rounds (FACTS.md), when each process imported torch on its own; forked from the fork
+server they share more (case A of `byzctl bench scale`: 14 processes, 2.0 GB)."""
+PACKED_NODE_MB = 18
 """What one more logical node adds to a host process (its model, optimizer state,
-sockets, thread), measured for the bundled digits and the default MLP."""
-"""Memory of one node process (PSS): a 6-process ps run holds ~2.42 GB, flat over 1,000
-rounds (FACTS.md); each process imports torch on its own (~855 MB RSS, shared pages)."""
+sockets, thread, its share of the pages a forked host copies), measured for case B of
+`byzctl bench scale` (126 nodes in 6 processes: 4.6 GB PSS)."""
 
 
 def mem_available_mb() -> int | None:

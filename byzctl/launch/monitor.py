@@ -54,6 +54,9 @@ class NodeStatus:
     ends without its final report (interrupted, lost)."""
 
 
+DRAIN_BUDGET_S = 0.2
+"""Longest one `poll` reads messages in a row."""
+
 TABLE_ROWS = 24
 """Runs of more nodes show the compact table (summary rows plus the worst nodes)."""
 WORST_ROWS = 8
@@ -107,10 +110,14 @@ class Monitor:
         return self.drops.total
 
     def poll(self, timeout_ms: int) -> None:
+        """Handle what arrived, for at most DRAIN_BUDGET_S: with hundreds of nodes
+        heartbeating, the caller must still get to `beat` (nodes stop after peer_timeout
+        without the monitor's heartbeats) and to its checks."""
         if not self.sock.poll(timeout_ms):
             self.drops.flush()
             return
-        while sockets.readable(self.sock):
+        until = time.monotonic() + DRAIN_BUDGET_S
+        while sockets.readable(self.sock) and time.monotonic() < until:
             ident, body = sockets.recv_frames(self.sock, routed=True)
             ident = ident or b""
             try:
