@@ -192,3 +192,30 @@ def test_packed_local_nodes_with_one_remote_node_over_curve(tmp_path):
     assert summary["state"] == "COMPLETED" and summary["nodes_lost"] == 0
     pids = read(tmp_path / "run" / "run.json")["pids"]
     assert set(pids) == {"0", "1", "2", "3", "4"} and len({pids[str(i)] for i in range(1, 5)}) == 1
+
+
+def test_a_killed_launcher_takes_its_packed_hosts_and_fork_server_with_it(tmp_path):
+    """SIGKILL the launcher of a packed run: the fork server exits with it and every host
+    process follows well before peer_timeout (the nodes did not have to notice the silent
+    monitor); run.json says FAILED, naming the launcher."""
+    live, out = _start(tmp_path, "nodes.honest=6", "nodes.byzantine=1", "processes=3", "topology.peer_timeout=60")
+    hosts = set(read(out / "run.json")["pids"].values())
+    live.kill()
+    live.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(p) for p in hosts):
+        time.sleep(0.2)
+    assert not [p for p in hosts if _running(p)], "host processes outlived the launcher"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and read(out / "run.json")["state"] != "FAILED":
+        time.sleep(0.2)
+    run = read(out / "run.json")
+    assert run["state"] == "FAILED" and "the launcher" in run["reason"]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -58,6 +58,7 @@ def host_main(args: HostArgs) -> None:
     with the fork server (which dies with the launcher), output to its log, then the nodes.
     Exits with 0 when every node exited 0, else 1 (143 on SIGTERM)."""
     os.setsid()
+    _release_fork_server()
     node_main.die_with_parent()
     fd = os.open(args.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -70,9 +71,28 @@ def host_main(args: HostArgs) -> None:
     if len(args.nodes) == 1:
         code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir, launcher_pid=args.launcher_pid)
     else:
-        code = run_host(exp, list(args.nodes), args.control, args.run_id, args.run_dir, args.launcher_pid)
+        try:
+            code = run_host(exp, list(args.nodes), args.control, args.run_id, args.run_dir, args.launcher_pid)
+        except SystemExit as exc:  # SIGTERM: the node threads still hold sockets; do not wait on them
+            logging.shutdown()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
     logging.shutdown()
     sys.exit(code)
+
+
+def _release_fork_server() -> None:
+    """Close this child's copy of the fork server's "alive" pipe. multiprocessing hands
+    every child one, so the server outlives the launcher while any child runs; then a
+    killed launcher's hosts never get their parent-death signal (the server is their
+    parent). Closed, the server exits with the launcher and its children follow."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 _NODE_THREAD = re.compile(r"node(\d+)(?:_\d+)?$")
