@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import byzctl, read, run_dir
-from test_e2e_ps import _start
+from test_e2e_ps import _alive, _start
 from test_remote import free_ports
 
 from byzctl.errors import ConfigError
@@ -203,19 +203,11 @@ def test_a_killed_launcher_takes_its_packed_hosts_and_fork_server_with_it(tmp_pa
     live.kill()
     live.wait()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_running(p) for p in hosts):
+    while time.monotonic() < deadline and any(_alive(p) for p in hosts):
         time.sleep(0.2)
-    assert not [p for p in hosts if _running(p)], "host processes outlived the launcher"
+    assert not [p for p in hosts if _alive(p)], "host processes outlived the launcher"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and read(out / "run.json")["state"] != "FAILED":
         time.sleep(0.2)
     run = read(out / "run.json")
     assert run["state"] == "FAILED" and "the launcher" in run["reason"]
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
