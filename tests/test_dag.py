@@ -63,3 +63,14 @@ def test_heavy_ops_run_on_the_pool_and_errors_surface():
         bad = Dag(["x"], [Op("h", lambda x: 1 / 0, ("x",), heavy=True)])
         with pytest.raises(ZeroDivisionError):
             run_now(bad, {"x": 1}, pool)
+
+
+def test_a_gather_hands_its_values_in_numeric_sender_order():
+    """Node ids sort as numbers (2 before 10): a per-recipient attack stacks what it
+    gathered in this order, and float sums depend on it."""
+    from byzctl.dag import Dag, DagRun, Gather
+
+    run = DagRun(Dag([], [], {"g": Gather(frozenset({2, 10, 1}), 3)}), None, None)
+    for sender in (10, 2, 1):
+        run.feed("g", sender, sender)
+    assert list(run.values["g"]) == [1, 2, 10]

@@ -105,7 +105,7 @@ class DagRun:
             return False
         box[key] = value
         if len(box) == len(spec.expected):
-            self.values[name] = dict(sorted(box.items(), key=lambda kv: str(kv[0])))
+            self.values[name] = _in_order(box)
         return True
 
     def arrived(self, name: str) -> int:
@@ -127,7 +127,7 @@ class DagRun:
             return True
         if len(box) < spec.minimum and not force:
             return False
-        self.values[name] = dict(sorted(box.items(), key=lambda kv: str(kv[0])))
+        self.values[name] = _in_order(box)
         return True
 
     # -- execution -------------------------------------------------------------
@@ -197,3 +197,9 @@ def run_now(dag: Dag, inputs: dict[str, Any], pool: ThreadPoolExecutor | None = 
     if run.error is not None:
         raise run.error
     return {name: run.values[name] for name in dag.ops}
+
+
+def _in_order(box: dict[Hashable, Any]) -> dict[Hashable, Any]:
+    """A gather's values by sender: node ids in numeric order (2 before 10), other keys
+    after them by their text. Sums over them must not depend on arrival order."""
+    return dict(sorted(box.items(), key=lambda kv: (0, kv[0], "") if isinstance(kv[0], int) else (1, 0, str(kv[0]))))
