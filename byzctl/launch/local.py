@@ -266,8 +266,6 @@ class LocalLauncher:
                 return code
         if not final:
             return None
-        if not final:
-            return None
         return 1 if final.get("state") == "failed" else 0
 
     def reap(self) -> dict[int, int | None]:

@@ -91,8 +91,7 @@ class GradientBatcher:
             groups.setdefault(tuple(xb.shape), []).append((node, learner, params, xb, yb))
         for group in groups.values():
             try:
-                with torch.no_grad():
-                    params = torch.stack([p.to(g[1].device) for g in group for p in (g[2],)])
+                params = torch.stack([params.to(learner.device) for _, learner, params, _, _ in group])  # (k, d)
                 grads, losses = batched_gradients(group[0][1].model, params, torch.stack([g[3] for g in group]),
                                                   torch.stack([g[4] for g in group]))
                 for i, (node, *_rest) in enumerate(group):

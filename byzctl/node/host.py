@@ -29,6 +29,7 @@ from byzctl.config.compose import load_resolved
 from byzctl.config.experiment import Experiment
 from byzctl.learning.batched import GradientBatcher
 from byzctl.node import main as node_main
+from byzctl.topology.base import NodeSpec
 from byzctl.transport import curve
 
 log = logging.getLogger("byzctl.node")
@@ -143,17 +144,14 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     codes: dict[int, int] = {}
     batcher = GradientBatcher()
 
-    def one(spec_id: int) -> None:
-        spec = next(s for s in specs if s.id == spec_id)
+    def one(spec: NodeSpec) -> None:
         try:
-            codes[spec_id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx, batcher=batcher)
+            codes[spec.id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx, batcher=batcher)
         except BaseException as exc:  # noqa: BLE001 - a thread's failure is this node's exit code
             log.error("failed: %s", exc, exc_info=not isinstance(exc, SystemExit))
-            codes[spec_id] = 1
+            codes[spec.id] = 1
 
-    threads = []
-    for spec in specs:
-        threads.append(threading.Thread(target=one, args=(spec.id,), name=f"node{spec.id}", daemon=True))
+    threads = [threading.Thread(target=one, args=(spec,), name=f"node{spec.id}", daemon=True) for spec in specs]
     log.info("host of nodes %s (pid %d)", node_ids, os.getpid())
     try:
         for t in threads:

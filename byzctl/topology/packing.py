@@ -48,15 +48,14 @@ def pack(specs: list[NodeSpec], processes: object, cores: int | None = None) -> 
     count = 1 + 2 * max(1, cores or os.cpu_count() or 1) if how == AUTO else int(how)
     central = [s.id for s in specs if s.role.central]
     rest = [s.id for s in specs if not s.role.central]
-    hosts = [[i] for i in central] if count > 1 else []
+    if count == 1:
+        return [central + rest]
+    hosts = [[i] for i in central]
     blocks = max(1, min(len(rest), count - len(hosts)))
     size, extra = divmod(len(rest), blocks)
     start = 0
     for b in range(blocks):
         end = start + size + (1 if b < extra else 0)
-        if end > start:
-            hosts.append(rest[start:end])
+        hosts.append(rest[start:end])
         start = end
-    if count == 1:
-        hosts = [central + rest]
     return [h for h in hosts if h]
