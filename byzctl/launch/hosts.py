@@ -65,7 +65,6 @@ def start_host(nodes: list[int], control: str, run_id: str, resolved: Path, log_
     # torch comes with these: imported here, not by `warm_up`'s callers
     from byzctl.node.host import HostArgs, host_main
 
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = HostArgs(nodes=tuple(nodes), control=control, run_id=run_id, resolved=str(resolved),
                     run_dir=str(resolved.parent), log_path=str(log_path), launcher_pid=os.getpid())
     proc = fork_server().Process(target=host_main, args=(args,), name=f"byzctl-host-{nodes[0]}", daemon=False)

@@ -68,6 +68,8 @@ def host_main(args: HostArgs) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.close(null)
+    for stream in (sys.stdout, sys.stderr):  # the fork server's streams: lines reach the log as written
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     exp = Experiment.from_cfg(load_resolved(args.resolved, "--resolved"))
     if len(args.nodes) == 1:
         code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir, launcher_pid=args.launcher_pid)
