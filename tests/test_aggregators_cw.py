@@ -488,17 +488,18 @@ def test_a_failing_numba_kernel_is_disabled_and_the_rules_fall_back(monkeypatch)
 
 def test_narrow_inputs_skip_numba_and_warm_builds_the_kernel(tmp_path):
     """A config check (rules on (n, 8) inputs) never imports numba; the launcher's
-    `Experiment.warm` does, for a rule with a compiled kernel only, and the rule then
+    `preflight.warm` does, for a rule with a compiled kernel only, and the rule then
     runs on it."""
     code = textwrap.dedent(
         """
         import sys
         from byzctl.config.compose import compose
         from byzctl.config.experiment import Experiment
+        from byzctl.launch.preflight import warm
         for rule in ("mean", "meamed"):
             exp = Experiment.from_cfg(compose([f"aggregator={rule}"]))
             assert "numba" not in sys.modules, rule
-            exp.warm()
+            warm(exp)
             assert ("numba" in sys.modules) == (rule == "meamed"), rule
         from byzctl.aggregators import _numba_select
         assert _numba_select.switch.available()

@@ -203,25 +203,26 @@ def test_run_into_a_directory_that_cannot_be_made(tmp_path, where):
 
 
 def test_the_memory_check_counts_the_processes_this_host_starts_and_can_be_turned_off(compose):
-    from byzctl.config.experiment import (
+    from byzctl.config.experiment import Experiment
+    from byzctl.errors import ConfigError
+    from byzctl.launch.preflight import (
         NODE_PROCESS_MB,
         PACKED_NODE_MB,
-        Experiment,
+        check_host,
         mem_available_mb,
     )
-    from byzctl.errors import ConfigError
 
     have = mem_available_mb()
     assert have is not None and have > 0
     many = have // NODE_PROCESS_MB + 2  # honest workers past what fits, plus the server and one Byzantine
     exp = Experiment.from_cfg(compose([f"nodes.honest={many}", "processes=per_node"]))
     with pytest.raises(ConfigError, match=f"nodes.honest={many}, nodes.byzantine=1: {many + 2} host processes carrying {many + 2} nodes need about {(many + 2) * (NODE_PROCESS_MB + PACKED_NODE_MB)} MB"):
-        exp.check_host()
-    Experiment.from_cfg(compose(["nodes.honest=4"])).check_host()  # the default fits
-    Experiment.from_cfg(compose([f"nodes.honest={many}"])).check_host()  # packed (processes=auto), they fit
+        check_host(exp)
+    check_host(Experiment.from_cfg(compose(["nodes.honest=4"])))  # the default fits
+    check_host(Experiment.from_cfg(compose([f"nodes.honest={many}"])))  # packed (processes=auto), they fit
     off = Experiment.from_cfg(compose([f"nodes.honest={many}", "processes=per_node", "memory_check=false"]))
     assert off.hash == exp.hash, "memory_check is host-local: not part of the config hash"
-    off.check_host()
+    check_host(off)
 
 
 def test_a_tiny_dirichlet_alpha_gives_whole_classes_not_nan():
@@ -311,13 +312,14 @@ def test_monitor_losing_the_port_race_starts_nothing(tmp_path):
     from byzctl.config.experiment import Experiment
     from byzctl.errors import PeerError
     from byzctl.launch.local import LocalLauncher
+    from byzctl.launch.preflight import check_host
     from byzctl.launch.rundir import RunDir
 
     port = _free_port()
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_ps_cluster(server_port=_free_port(), monitor_port=port)))
     exp = Experiment.from_cfg(compose([f"cluster={path}"]))
-    exp.check_host()
+    check_host(exp)
     busy = socket.socket()
     try:
         busy.bind(("127.0.0.1", port))

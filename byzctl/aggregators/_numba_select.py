@@ -25,7 +25,7 @@ aggregators`): median and trimmed mean at 2.6-3.9x torch.mean, meamed 3.9-5x,
 against 6-14x for the torch-op network in `_select` (which stays as the fallback).
 Numba compiles the kernel on first use (about 2 s per dtype) and caches it on disk
 (`cache=True`: next to this file, or in the user's cache directory where that is
-read-only); the launcher does that before the nodes start (`Experiment.warm`).
+read-only); the launcher does that before the nodes start (`launch.preflight.warm`).
 numba is imported only then, so processes that never reach this path never pay
 for it.
 """

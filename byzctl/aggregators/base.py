@@ -32,7 +32,7 @@ class Aggregator:
     """True when the rule takes the previous aggregate explicitly as `center=`."""
     compiled: ClassVar[bool] = False
     """True when the rule runs a compiled CPU kernel (numba) that the launcher builds
-    once before the nodes start (`Experiment.warm`)."""
+    once before the nodes start (`launch.preflight.warm`)."""
     paper: ClassVar[str] = ""
     """Where the rule comes from: authors, title, venue, year (`byzctl list aggregators --json`)."""
     convention: ClassVar[str] = ""

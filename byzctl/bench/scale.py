@@ -57,8 +57,8 @@ from typing import Any
 import torch
 
 from byzctl.bench._proc import sample_pss, tree
-from byzctl.config.experiment import NODE_PROCESS_MB, mem_available_mb
 from byzctl.errors import ByzctlError
+from byzctl.launch.preflight import NODE_PROCESS_MB, mem_available_mb
 
 _PS = ["topology=ps", "model=mlp", "model.hidden=[100]", "batch_size=25", "dataset=mnist_subset",
        "dataset.partition=dirichlet", "dataset.alpha=0.3", "aggregator=cw_trimmed_mean", "attack=sign_flip", "eval_every=50"]

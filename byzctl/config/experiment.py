@@ -12,23 +12,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from byzctl.aggregators.base import Aggregator
-from byzctl.attacks.base import Attack, Knowledge
+from byzctl.attacks.base import Attack
 from byzctl.config.build import build
 from byzctl.config.schema import LauncherKind, Security, SecurityKind
-from byzctl.data.base import Dataset, Partition
-from byzctl.data.partition import partition
+from byzctl.data.base import Dataset
 from byzctl.errors import ByzctlError, ConfigError
 from byzctl.loggers.base import Logger
 from byzctl.loggers.none import NoLogger
 from byzctl.models.base import ModelConfig
 from byzctl.preagg.base import Preagg, aggregate
 from byzctl.topology import packing
-from byzctl.topology.base import NodeSpec, Role, Topology
+from byzctl.topology.base import NodeSpec, Topology, Transport
 from byzctl.topology.cluster import Cluster, Place, load_cluster
 from byzctl.topology.decentralized import Decentralized
 from byzctl.topology.graph import Graph, honest_components
 from byzctl.transport.curve import Keyring, check_plaintext
-from byzctl.transport.sockets import probe_bind
 
 HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger", "memory_check", "processes")
 """Keys that say how this host joins or records the run, not what the run is: not hashed."""
@@ -36,28 +34,6 @@ HOST_LOCAL_KEYS = ("launcher", "cluster", "local_nodes", "resume", "logger", "me
 MIN_ROUND_TIMEOUT_S = 1.0
 """Shortest topology.round_timeout allowed: rounds measured 0.3-0.5 s on 2 cores (README,
 `byzctl bench rounds`), and a loaded machine stretches them; below 1 s rounds time out."""
-
-NODE_PROCESS_MB = 400
-"""Memory of one host process (PSS): a 6-process ps run held ~2.42 GB, flat over 1,000
-rounds (FACTS.md), when each process imported torch on its own; forked from the fork
-server they share more (case A of `byzctl bench scale`: 14 processes, 2.0 GB)."""
-PACKED_NODE_MB = 18
-"""What one more logical node adds to a host process (its model, optimizer state,
-sockets, thread, its share of the pages a forked host copies), measured for case B of
-`byzctl bench scale` (126 nodes in 6 processes: 4.6 GB PSS)."""
-
-
-def mem_available_mb() -> int | None:
-    """This host's MemAvailable (/proc/meminfo) in MB, or None where there is none."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
 
 def config_hash(cfg: DictConfig) -> str:
     """Hash of the resolved run config (sorted keys; Hydra's settings and host-local keys excluded)."""
@@ -242,7 +218,7 @@ class Experiment:
     def check_security(self) -> None:
         """Plain TCP beyond loopback needs security=none said explicitly; CURVE needs keys
         for every node of the plan."""
-        endpoints = [f"tcp://{self.topology.host}:0"] if self.topology.transport.value == "tcp" else []
+        endpoints = [f"tcp://{self.topology.host}:0"] if self.topology.transport is Transport.tcp else []
         if self.cluster is not None:
             endpoints += [self.cluster.monitor.bind, self.cluster.monitor.advertised]
             endpoints += [e for p in self.cluster.places.values() for e in (p.bind, p.advertised)]
@@ -279,95 +255,7 @@ class Experiment:
         except ByzctlError as exc:
             raise ConfigError(f"{names} cannot run with nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {exc}") from None
 
-    def warm(self) -> None:
-        """Build the run's compiled CPU kernel, if its rule has one (`Aggregator.compiled`),
-        by running the rule once on fp32 vectors wide enough to reach it: numba caches
-        it on disk, so the nodes load it (about 1 s) instead of each compiling it (about
-        2 s per process, all at once) inside their first round. Run by the launcher;
-        nothing to build for a CUDA run, whose nodes use the Triton kernel."""
-        if not type(self.aggregator).compiled or self.device != "cpu":
-            return
-        from byzctl.aggregators._numba_select import MIN_COLUMNS
-
-        x = torch.randn(self.n, MIN_COLUMNS, generator=torch.Generator().manual_seed(0))  # (n, MIN_COLUMNS) fp32
-        self.aggregate(x, generator=torch.Generator().manual_seed(0))
-
-    # -- checks of this host, by the launcher ------------------------------------------
-    def check_host(self) -> None:
-        """What the launcher checks on its own host before it starts anything: the data it
-        loads (and the model's size) and the ports it listens on. Not part of `check()`,
-        which every node runs too: a node would read the data twice, a remote node with
-        dataset.ship has none, and a node would find the ports its siblings bound taken."""
-        local = self.local_nodes()
-        specs = {s.id: s for s in self.plan()}
-        if self.dataset.ship or any(specs[i].role is not Role.relay for i in local):
-            self.check_data()
-        self.check_ports(local)
-        if self.cfg.get("memory_check", True):
-            self.check_memory(len(self.hosts()), len(local))
-
     def hosts(self) -> list[list[int]]:
         """The host processes this launcher starts, as lists of node ids (`processes=`)."""
         local = set(self.local_nodes())
         return packing.pack([s for s in self.plan() if s.id in local], self.cfg.get("processes", packing.AUTO))
-
-    def check_memory(self, processes: int, nodes: int) -> None:
-        """The host processes this launcher starts, and the nodes they carry, fit in this
-        host's available memory."""
-        need, have = processes * NODE_PROCESS_MB + nodes * PACKED_NODE_MB, mem_available_mb()
-        if have is not None and need > have:
-            raise ConfigError(
-                f"nodes.honest={self.honest}, nodes.byzantine={self.byzantine}: {processes} host processes carrying {nodes} "
-                f"nodes need about {need} MB ({NODE_PROCESS_MB} MB a process, {PACKED_NODE_MB} MB a node) but only {have} MB "
-                f"is available (MemAvailable); run fewer nodes or processes (processes=auto packs them), "
-                f"or set memory_check=false to launch anyway")
-
-    def check_data(self) -> None:
-        """The dataset loads here (for a csv: every row parses), the model builds for its
-        inputs, and the largest message of the run fits in topology.max_message_mb."""
-        shape, classes = self.dataset.peek(int(self.cfg.seed))
-        if Partition(self.dataset.partition) is Partition.dirichlet:  # a small alpha may leave a node no data
-            splits = self.dataset.load(int(self.cfg.seed))
-            partition(splits.y_train, self.honest, scheme=Partition.dirichlet, seed=int(self.cfg.seed), alpha=self.dataset.alpha)
-        try:
-            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-                params = list(self.model.build(shape, classes).parameters())
-        except ByzctlError:
-            raise
-        except Exception:  # noqa: BLE001 - a plugin's model may not build on meta: build it for real
-            params = list(self.model.build(shape, classes).parameters())
-        d = sum(p.numel() for p in params)
-        vectors, what = self._largest_message()
-        need = vectors * d * (params[0].element_size() if params else 4)
-        limit = self.topology.max_message_mb * 2**20
-        if need > limit:
-            raise ConfigError(
-                f"topology.max_message_mb={self.topology.max_message_mb} is too small for model={self.model.name}: "
-                f"{what} holds {vectors} x {d} parameters = {need / 2**20:.3f} MiB; "
-                f"set topology.max_message_mb >= {math.ceil(need / 2**20)}")
-
-    def _largest_message(self) -> tuple[int, str]:
-        """(parameter vectors, what) of the largest message a node of this run sends."""
-        if self.decentralized:
-            return 3, "a peer's checkpoint (parameters, momentum, last aggregate)"
-        if self.byzantine and self.attack.knowledge == Knowledge.omniscient and self.honest >= 2:
-            return self.honest, "the server's oracle message (every honest vector, to the Byzantine workers)"
-        return 2, "the server's checkpoint (parameters, last aggregate)"
-
-    def check_ports(self, local: list[int]) -> None:
-        """This host can listen where it must: the cluster file's monitor and the places of
-        its local listeners (ps server, hub relay, mesh peers); without a cluster file, on
-        topology.host. Only a probe (bind, then close): a port taken between this and the
-        node's own bind still fails the run after launch, naming the endpoint."""
-        if self.cluster is None:
-            why = probe_bind(self.topology.host, 0) if self.topology.transport.value == "tcp" else None
-            if why:
-                raise ConfigError(f"topology.host={self.topology.host}: the nodes cannot listen there: {why}")
-            return
-        specs = {s.id: s for s in self.plan()}
-        listeners = [("the monitor", self.cluster.monitor)]
-        listeners += [(f"node {i} ({specs[i].label})", self.cluster.places[i]) for i in local if self.topology.binds(specs[i])]
-        for who, place in listeners:
-            why = probe_bind(place.bind_host, place.port)
-            if why:
-                raise ConfigError(f"cluster file {str(self.cluster.path)!r}: {who} cannot listen on {place.bind_host}:{place.port}: {why}")

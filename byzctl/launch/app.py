@@ -29,6 +29,7 @@ def run(cfg: DictConfig) -> float | None:
 
     from byzctl.config.experiment import Experiment
     from byzctl.errors import ByzctlError
+    from byzctl.launch import preflight
     from byzctl.launch.hosts import warm_up
     from byzctl.launch.local import LocalLauncher
     from byzctl.launch.rundir import RunDir
@@ -56,8 +57,8 @@ def run(cfg: DictConfig) -> float | None:
             return done.get("test_accuracy")
         if resume:
             _resume_checkpoint(out)
-        exp.check_host()
-        exp.warm()
+        preflight.check_host(exp)
+        preflight.warm(exp)
         # LocalLauncher.run records and returns whatever ends a started run; a ByzctlError
         # escaping it means nothing started (the monitor could not bind).
         summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
