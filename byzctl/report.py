@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from byzctl.errors import ByzctlError
+from byzctl.states import RunState
 from byzctl.status import Run, find_runs
 
 GROUP_KEYS = {"aggregator", "attack", "dataset", "model", "topology", "device", "graph"}
@@ -69,7 +70,7 @@ class Job:
 
     @property
     def completed(self) -> bool:
-        return self.run.state == "COMPLETED" and self.run.accuracy is not None
+        return self.run.state == RunState.COMPLETED and self.run.accuracy is not None
 
     @property
     def line_label(self) -> str:
@@ -548,7 +549,7 @@ def curves(rule: str, jobs: list[Job], path: Path) -> Any:
     colors = _colors(len(jobs))
     for j, color in zip(jobs, colors):
         pts = j.run.curve
-        label = j.line_label + ("" if j.run.state == "COMPLETED" else f" [{j.run.state}]")
+        label = j.line_label + ("" if j.run.state == RunState.COMPLETED else f" [{j.run.state}]")
         acc = [(p.round, p.accuracy) for p in pts if p.accuracy is not None]
         loss = [(p.round, p.loss) for p in pts if p.loss is not None]
         worst = [(p.round, p.worst_accuracy) for p in pts if p.worst_accuracy is not None]
@@ -638,7 +639,7 @@ def report(root: Path, out: Path) -> tuple[str, list[Path]]:
     if swept:
         md += ["", "Swept: " + ", ".join(f"`{k}`" for k in swept)]
     md += ["", "## Runs", "", runs_table(rows, swept)]
-    failed = [j for j in jobs if j.run.state != "COMPLETED"]
+    failed = [j for j in jobs if j.run.state != RunState.COMPLETED]
     if failed:
         md += ["", "Not completed:", ""]
         md += [f"- `{j.name}`: {j.run.state}" + (f": {j.run.reason}" if j.run.reason else "") for j in failed]
