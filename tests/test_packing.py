@@ -99,6 +99,33 @@ def _states(out: Path) -> dict[int, tuple[int, dict[str, torch.Tensor]]]:
     return states
 
 
+def test_a_hosts_byzantine_workers_share_one_attack_per_round():
+    from byzctl.node.cohost import Adversary
+
+    alone = Adversary([7])
+    assert alone.leader == 7 and not alone.shares(7)  # one Byzantine worker: nothing to share
+    adv = Adversary([9, 8, 7])
+    assert adv.leader == 7 and adv.shares(8) and not adv.shares(1)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    adv.watch(8, w)
+    assert adv.take(3) is None
+    out = torch.arange(6.0).reshape(3, 2)  # (f, d)
+    adv.post(3, out)
+    assert os.read(r, 16) == b"\0"  # the sibling is woken
+    assert adv.take(3) is out
+    adv.post(4, out + 1)
+    adv.post(5, out + 2)
+    assert adv.take(3) is None and adv.take(4) is not None  # the last two rounds are kept
+    assert os.read(r, 16) == b"\0\0"
+    adv.leave(8)
+    adv.post(6, out)
+    with pytest.raises(BlockingIOError):
+        os.read(r, 16)  # a node that left is not woken
+    os.close(r)
+    os.close(w)
+
+
 def _same_states(a: Path, b: Path) -> None:
     sa, sb = _states(a), _states(b)
     assert set(sa) == set(sb)
@@ -110,6 +137,9 @@ def _same_states(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("topology", [
     pytest.param(["topology=ps", "nodes.honest=6", "nodes.byzantine=2"], id="ps"),
+    # randomised and omniscient: packed, the host's two Byzantine workers compute one attack
+    pytest.param(["topology=ps", "nodes.honest=6", "nodes.byzantine=2", "attack=gaussian",
+                  "attack.knowledge=omniscient"], id="ps-gaussian"),
     pytest.param(["topology=mesh", "graph=ring", "nodes.honest=6", "nodes.byzantine=0", "topology.quorum_deadline=50"], id="mesh"),
 ])
 def test_packed_and_one_process_per_node_reach_the_same_parameters(tmp_path, topology):
@@ -124,6 +154,10 @@ def test_packed_and_one_process_per_node_reach_the_same_parameters(tmp_path, top
     assert read(per_node / "summary.json")["test_loss"] == pytest.approx(read(packed / "summary.json")["test_loss"], abs=1e-6)
     for i in read(packed / "run.json")["pids"]:  # every node keeps its own log
         assert "ready in" in (packed / "nodes" / f"{i}.log").read_text()
+    if "attack=gaussian" in topology:  # omniscient, packed: one oracle view per host, node 8 takes node 7's attack
+        shared = "worker 8 takes its attack from its host's leader"
+        assert shared in (packed / "nodes" / "0.log").read_text()
+        assert shared not in (per_node / "nodes" / "0.log").read_text()
 
 
 def test_a_killed_host_loses_exactly_its_nodes_and_the_ps_run_completes(tmp_path):

@@ -32,8 +32,9 @@ from byzctl.learning import (
     make_model,
 )
 from byzctl.learning.seeds import generator
+from byzctl.node.cohost import ADVERSARY
 from byzctl.node.shards import load_shard, shard_indices
-from byzctl.topology.base import NodeSpec, Role
+from byzctl.topology.base import Role
 from byzctl.topology.decentralized import Decentralized, Exchange
 
 
@@ -73,16 +74,16 @@ class Floor:
         self.lr, self.wd = float(cfg.lr), float(cfg.weight_decay)
         self.accuracy: float | None = None
 
-    def attack(self, spec: NodeSpec, view: Tensor, n: int, r: int) -> Tensor:
-        """Byzantine node `spec`'s vector of round r from its view (h, d) -> (d,)."""
+    def attack(self, who: int | str, view: Tensor, n: int, r: int) -> Tensor:
+        """The f Byzantine vectors of round r from a view (h, d) -> (f, d), with the
+        randomness of `who` (a peer's id; a ps run's one adversary)."""
         exp, seed = self.exp, int(self.cfg.seed)
 
         def rule(x: Tensor) -> Tensor:
-            return exp.aggregate(x, generator=generator(seed, spec.id, r, "attack-rule"))
+            return exp.aggregate(x, generator=generator(seed, who, r, "attack-rule"))
 
-        ctx = AttackContext(n=n, generator=generator(seed, spec.id, r, "attack"), aggregate=rule)
-        out = exp.attack(view, f=exp.byzantine, ctx=ctx)  # (f, d)
-        return out[spec.byz_index % max(1, exp.byzantine)].clone()  # (d,): not a view keeping all f rows alive
+        ctx = AttackContext(n=n, generator=generator(seed, who, r, "attack"), aggregate=rule)
+        return exp.attack(view, f=exp.byzantine, ctx=ctx)  # (f, d)
 
     def evaluate(self, params: Tensor) -> float:
         load_flat(self.model, params)
@@ -97,10 +98,12 @@ class Floor:
         vecs = {s.id: self.learners[s.id].momentum_gradient(p, r) for s in self.specs if not (s.byzantine and crafted)}
         if crafted:
             honest = torch.stack([vecs[s.id] for s in self.specs if not s.byzantine])  # (h, d)
+            omniscient = exp.attack.knowledge == Knowledge.omniscient
+            out = self.attack(ADVERSARY, honest, exp.n, r) if omniscient else None  # (f, d): one adversary, one attack
             for s in self.specs:
                 if s.byzantine:
-                    view = honest if exp.attack.knowledge == Knowledge.omniscient else self.learners[s.id].momentum_gradient(p, r)[None]
-                    vecs[s.id] = self.attack(s, view, exp.n, r)
+                    rows = out if out is not None else self.attack(ADVERSARY, self.learners[s.id].momentum_gradient(p, r)[None], exp.n, r)
+                    vecs[s.id] = rows[s.byz_index].clone()  # (d,): not a view keeping all f rows alive
         x = torch.stack([vecs[i] for i in sorted(vecs)])  # (n, d)
         sid = self.server.id
         agg = exp.aggregate(x, center=self.prev_agg[sid], generator=generator(int(self.cfg.seed), sid, r, "aggregate"))  # (d,)
@@ -122,7 +125,7 @@ class Floor:
             if s.byzantine and not exp.attack.poisons_data:
                 seen = [half[j] for j in sorted(g[s.id]) if j < exp.honest]
                 view = torch.stack(seen) if seen and exp.attack.knowledge == Knowledge.omniscient else half[s.id][None]
-                sent[s.id] = self.attack(s, view, len(g[s.id]) + 1, r)
+                sent[s.id] = self.attack(s.id, view, len(g[s.id]) + 1, r)[s.byz_index % max(1, exp.byzantine)].clone()  # (d,)
         new = {}
         for s in self.specs:
             p = self.params[s.id]

@@ -2,10 +2,12 @@
 
 Each logical node keeps everything that makes it a node (its sockets, heartbeats,
 round state, its own log file `nodes/<id>.log`) and runs on its own thread; the
-process shares what a node does not need to own: the imported torch and byzctl,
-one ZeroMQ context (one I/O thread, one CURVE authenticator) and the loaded data.
-Nodes on the same host still talk through their sockets (ipc:// on one machine),
-so every message is validated the same way whether its sender is co-hosted or not.
+process shares what a node does not need to own (node/cohost.py): the imported torch
+and byzctl, one ZeroMQ context (one I/O thread, one CURVE authenticator), the loaded
+data, batched honest gradients, and one adversary for its omniscient Byzantine ps
+workers (one oracle view and one attack a round for all of them). Nodes on the same
+host otherwise talk through their sockets (ipc:// on one machine), so every message
+is validated the same way whether its sender is co-hosted or not.
 
 `host_main` is what the launcher's fork server runs in each child (launch/hosts.py).
 """
@@ -27,9 +29,9 @@ import zmq
 
 from byzctl.config.compose import load_resolved
 from byzctl.config.experiment import Experiment
-from byzctl.learning.batched import GradientBatcher
 from byzctl.node import main as node_main
-from byzctl.topology.base import NodeSpec
+from byzctl.node.cohost import Adversary, Cohost
+from byzctl.topology.base import NodeSpec, Role
 from byzctl.transport import curve
 
 log = logging.getLogger("byzctl.node")
@@ -144,11 +146,11 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     ring = exp.keyring
     auth = curve.start_authenticator(ctx, ring) if ring is not None else None
     codes: dict[int, int] = {}
-    batcher = GradientBatcher()
+    shared = Cohost(ctx, adversary=Adversary([s.id for s in specs if s.byzantine and s.role is Role.worker]))
 
     def one(spec: NodeSpec) -> None:
         try:
-            codes[spec.id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, ctx=ctx, batcher=batcher)
+            codes[spec.id] = node_main.serve_node(exp, spec, control, run_id, state_dir=run_dir, host=shared)
         except BaseException as exc:  # noqa: BLE001 - a thread's failure is this node's exit code
             log.error("failed: %s", exc, exc_info=not isinstance(exc, SystemExit))
             codes[spec.id] = 1

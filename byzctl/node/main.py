@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 import torch
-import zmq
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError
 from byzctl.jsonio import read_json, write_json
-from byzctl.learning.batched import GradientBatcher
+from byzctl.node.cohost import Cohost
 from byzctl.node.peer import Peer
 from byzctl.node.ps import PsServer, PsWorker
 from byzctl.node.relay import HubRelay
@@ -122,11 +121,11 @@ def spec_of(exp: Experiment, node_id: int) -> NodeSpec:
 
 
 def serve_node(exp: Experiment, spec: NodeSpec, control: str, run_id: str, *, state_dir: str | None = None,
-               ctx: zmq.Context | None = None, batcher: GradientBatcher | None = None) -> int:
+               host: Cohost | None = None) -> int:
     """One logical node, from its set-up to its exit code (see run_node); in a host
-    process of many nodes (node/host.py) each runs this on its own thread, with the
-    host's shared ZeroMQ context `ctx` and gradient `batcher`."""
-    node = ROLES[spec.role](exp, spec, control, run_id, ctx=ctx, batcher=batcher)
+    process of many nodes (node/host.py) each runs this on its own thread, with what the
+    host shares among them (`host`: its ZeroMQ context, gradient batcher, adversary)."""
+    node = ROLES[spec.role](exp, spec, control, run_id, host=host)
     t0 = time.monotonic()
     try:
         if spec.role is Role.relay:
@@ -166,8 +165,9 @@ def serve_node(exp: Experiment, spec: NodeSpec, control: str, run_id: str, *, st
             log.info("stopped by SIGTERM (exit code %s)", exc.code)  # the line a failure reason quotes
         raise
     finally:
-        if batcher is not None:
-            batcher.leave(spec.id)
+        if host is not None:
+            host.batcher.leave(spec.id)
+            host.adversary.leave(spec.id)
         node.close()
 
 

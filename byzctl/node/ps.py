@@ -22,6 +22,7 @@ from byzctl.attacks.base import Knowledge
 from byzctl.dag import Dag, DagRun, Gather, Op
 from byzctl.errors import PeerError
 from byzctl.learning import HonestLearner, apply_update, flat_params, make_model
+from byzctl.node.cohost import ADVERSARY
 from byzctl.node.rounds import RoundLoop
 from byzctl.node.runtime import NodeRuntime, by_id, identity
 from byzctl.node.shards import Shard
@@ -51,6 +52,8 @@ class PsServer(RoundLoop):
         log.info("data endpoint %s", self.bound)
         self.add_socket(self.sock, routed=True)
         self.workers: dict[int, bool] = {}  # id -> byzantine
+        self.no_oracle: set[int] = set()
+        """Byzantine workers whose host's leader receives the oracle view for them (node/cohost.py)."""
         self.idents: dict[bytes, int] = {}
         self.routes: dict[int, bytes] = {}
         self.refusals: dict[bytes, int] = {}  # routing id -> refusals sent to it
@@ -106,7 +109,7 @@ class PsServer(RoundLoop):
         view = torch.stack(by_id(honest))  # (h, d)
         msg = self.msg("oracle", tensors=[view])
         for wid, byz in self.workers.items():
-            if byz and wid not in self.lost:
+            if byz and wid not in self.lost and wid not in self.no_oracle:
                 self._send_to(wid, msg)
         return view
 
@@ -168,6 +171,11 @@ class PsServer(RoundLoop):
             del self.idents[old]  # a restarted worker's old connection
         self.idents[ident] = msg.sender
         self.routes[msg.sender] = ident
+        if msg.meta.get("oracle", True):
+            self.no_oracle.discard(msg.sender)
+        elif msg.sender not in self.no_oracle:  # a Byzantine worker whose host's leader takes the oracle view for it
+            self.no_oracle.add(msg.sender)
+            log.info("worker %d takes its attack from its host's leader: no oracle view sent to it", msg.sender)
         if not sockets.send(self.sock, self.msg("welcome"), to=ident, block=False):
             self.drop(ident, Reason.queue_full, "welcome not sent")
         if msg.sender in self.lost and self.workers:  # a restarted worker: include it from the next round
@@ -214,13 +222,23 @@ class PsWorker(NodeRuntime):
         self.params: Tensor | None = None
         self.pending: DagRun | None = None
         self.computed = 0
+        attack = self.exp.attack
+        crafted = self.spec.byzantine and not attack.poisons_data and attack.knowledge == Knowledge.omniscient
+        adversary = self.host.adversary if self.host is not None else None
+        self.adversary = adversary if crafted and adversary is not None and adversary.shares(self.spec.id) else None
+        """This host's adversary, when this worker computes its attack with co-hosted ones (node/cohost.py)."""
+        if self.adversary is not None and self.adversary.leader != self.spec.id:
+            self.adversary.watch(self.spec.id, self.wake_w)
 
     def connect(self, peers: dict[int, dict[str, Any]]) -> None:
         sid, server = next((i, p) for i, p in peers.items() if p["role"] == Role.server.value)
         self.sock = self.dealer_to(sid)
         self.add_socket(self.sock, routed=False)
         self.sock.connect(server["endpoints"]["data"])
-        sockets.send(self.sock, self.msg("hello", meta={"hash": self.exp.hash}))
+        meta: dict[str, Any] = {"hash": self.exp.hash}
+        if self.adversary is not None:  # only the leader of this host's Byzantine workers takes the oracle view
+            meta["oracle"] = self.adversary.leader == self.spec.id
+        sockets.send(self.sock, self.msg("hello", meta=meta))
 
     def start(self) -> None:
         pass
@@ -236,9 +254,14 @@ class PsWorker(NodeRuntime):
 
         def attack_op(view: Tensor) -> Tensor:
             exp = self.exp
-            out = exp.attack(view.to(exp.device), f=exp.byzantine, ctx=self.attack_context(exp.n, r))  # (f, d)
+            out = exp.attack(view.to(exp.device), f=exp.byzantine, ctx=self.attack_context(exp.n, r, ADVERSARY))  # (f, d)
+            if self.adversary is not None:
+                self.adversary.post(r, out)
             return out[self.spec.byz_index]
 
+        if self.adversary is not None and self.adversary.leader != self.spec.id:  # the leader computes this host's attack
+            return Dag(["model", "attacked"], [Op("pick", lambda out: out[self.spec.byz_index], ("attacked",)),
+                                              Op("send", self._send, ("pick",))])
         view = "oracle" if attack.knowledge == Knowledge.omniscient else "own"
         ops = [Op("attack", attack_op, (view,), heavy=True), Op("send", self._send, ("attack",))]
         if view == "own":
@@ -297,6 +320,10 @@ class PsWorker(NodeRuntime):
 
     def on_tick(self, now: float) -> None:
         if self.pending is not None:
+            if self.adversary is not None and "attacked" in self.pending.dag.inputs and not self.pending.has("attacked"):
+                out = self.adversary.take(self.round)  # (f, d), once this host's leader computed it
+                if out is not None:
+                    self.pending.provide("attacked", out)
             self.pending.advance()
             if self.pending.error is not None:
                 raise self.pending.error

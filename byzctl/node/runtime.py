@@ -21,9 +21,10 @@ from torch import Tensor
 
 from byzctl.config.experiment import Experiment
 from byzctl.errors import HandshakeError, PeerError, WireError
-from byzctl.learning.batched import GradientBatcher, batchable
+from byzctl.learning.batched import batchable
 from byzctl.learning.seeds import generator
 from byzctl.learning.trainer import HonestLearner
+from byzctl.node.cohost import Cohost
 from byzctl.topology.base import NodeSpec
 from byzctl.transport import curve, sockets
 from byzctl.transport.drops import DropLog, Reason
@@ -46,18 +47,18 @@ class NodeRuntime:
     """Base of every role. Subclasses implement `start()`, `on_message()` and `on_tick()`;
     the roles that own rounds get them from `node/rounds.py` RoundLoop."""
 
-    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, ctx: zmq.Context | None = None,
-                 batcher: GradientBatcher | None = None):
-        """`ctx`: the host process's shared context (nodes packed in one process; its owner
-        runs the one CURVE authenticator); None: this node's own. `batcher`: the host's
-        batched gradients (learning/batched.py), None: this node computes its own."""
-        self.batcher = batcher
+    def __init__(self, exp: Experiment, spec: NodeSpec, control: str, run_id: str, host: Cohost | None = None):
+        """`host`: what the host process shares among its nodes (nodes packed in one
+        process, node/cohost.py: its context, whose owner runs the one CURVE authenticator,
+        batched gradients, the Byzantine workers' adversary); None: this node has its own."""
+        self.host = host
+        self.batcher = host.batcher if host is not None else None
         self.exp, self.spec, self.run_id = exp, spec, run_id
         self.started_at = time.monotonic()  # reset by start(): training time is counted from there
         self.topo = exp.topology
         self.max_bytes = int(self.topo.max_message_mb * 2**20)
-        self.own_ctx = ctx is None
-        self.ctx = zmq.Context() if ctx is None else ctx
+        self.own_ctx = host is None
+        self.ctx = zmq.Context() if host is None else host.ctx
         self.sockets: list[zmq.Socket] = []
         """Every socket this node opened (closed by `close`, the context may outlive it)."""
         self.ring = exp.keyring
@@ -259,19 +260,20 @@ class NodeRuntime:
         """This node's generator for one purpose in one round (see learning/seeds.py)."""
         return generator(int(self.exp.cfg.seed), self.spec.id, round, purpose)
 
-    def attack_context(self, n: int, round: int) -> Any:
+    def attack_context(self, n: int, round: int, who: int | str | None = None) -> Any:
         """What an attack may use in a round: seeded randomness and this run's rule.
+        `who` draws the randomness: this node (None), or a ps run's one adversary.
 
         The rule gets a fresh generator seeded by the round for every call, so a
         line search over a randomised pre-aggregator compares like with like."""
         from byzctl.attacks.base import AttackContext
 
-        exp = self.exp
+        exp, seed, who = self.exp, int(self.exp.cfg.seed), self.spec.id if who is None else who
 
         def aggregate(x: Any) -> Any:
-            return exp.aggregate(x, generator=self.rng("attack-rule", round))
+            return exp.aggregate(x, generator=generator(seed, who, round, "attack-rule"))
 
-        return AttackContext(n=n, generator=self.rng("attack", round), aggregate=aggregate)
+        return AttackContext(n=n, generator=generator(seed, who, round, "attack"), aggregate=aggregate)
 
     def on_peer_event(self, node: int, back: bool, endpoints: dict[str, str]) -> None:
         """The monitor says `node` was lost (stop waiting for it) or is back."""

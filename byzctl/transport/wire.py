@@ -102,7 +102,8 @@ def _int_list(v: Any) -> bool:
 
 _EVAL = {"round": (_int, True), "test_accuracy": (_number, True), "test_loss": (_number, True)}
 META: dict[str, dict[str, tuple[Any, bool]]] = {
-    "hello": {"hash": (_str, True), "role": (_str, False), "endpoints": (_str_map, False), "pid": (_int, False)},
+    "hello": {"hash": (_str, True), "role": (_str, False), "endpoints": (_str_map, False), "pid": (_int, False),
+              "oracle": (_bool, False)},
     "welcome": {"peers": (_map, False), "run": (_str, False), "round": (_int, False), "resume": (_map, False)},
     "refuse": {"reason": (_str, False)},
     "heartbeat": {"loss": (_number, False), "state": (_str, False), "dropped": (_int, False)},
