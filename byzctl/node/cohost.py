@@ -7,9 +7,10 @@ k. One process per node, every Byzantine worker receives the server's oracle vie
 computes the same (f, d) (its randomness is the adversary's, not the node's: see
 `ADVERSARY`). Packed, the Byzantine workers of a host compute it once: the server sends
 the view to one of them (the leader, the lowest id, which says so in its hello), the
-leader posts the (f, d) result here, and its siblings take their rows. At case B of
-`byzctl bench scale` that is one 32 MB oracle message and one attack a round instead of
-25 of each; at case C one 318 MB message instead of 100.
+leader posts the (f, d) result here, and its siblings take their rows. With 100 honest
+and 25 Byzantine workers of a 79,510-parameter MLP that is one 32 MB oracle message and
+one attack a round instead of 25 of each; with 1,000 and 100, one 318 MB message
+instead of 100.
 """
 
 from __future__ import annotations
