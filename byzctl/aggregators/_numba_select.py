@@ -51,10 +51,13 @@ Single-threaded at (n=32, d=1e6), cw_median took 53 ms with 128 (the copy into t
 buffer, 32 rows x 512 bytes at a time, ran at half the speed of torch.mean), 39 ms
 with 256, 38 ms with 512; running the network on 128-wide sub-blocks (in L1) of a
 512- to 2048-wide buffer gained nothing."""
-MAX_ROWS = 1024
-"""More rows use torch.sort (`_select.kernel_columns`). Up to here the network beats it:
-meamed at (n=129, d=5e4) 13 ms against 167 ms, at (1000, 1e4) 78 ms against 370 ms;
-the torch network in `_select` stops at 128 rows."""
+MAX_ROWS = 8192
+"""More rows use torch.sort (`_select.kernel_columns`). Up to here the network beats it
+(two threads, a loaded 2-core machine; the first call at a new n also builds its plan,
+0.7-2 s): meamed at (n=129, d=5e4) 13 ms against 167 ms, at (1000, 1e4) 78 ms against
+370 ms; the trimmed mean (f = n/10) at (1100, 79510) 1.5 s against 11.9 s, at
+(2048, 2e4) 0.56 s against 4.2 s, at (8192, 5000) 1.6 s against 8.7 s; the median at
+(1100, 79510) 1.05 s against 19.3 s. The torch network in `_select` stops at 128 rows."""
 MIN_COLUMNS = 1024
 """Narrower inputs use the torch network (`_select.kernel_columns`): importing numba and
 loading the kernel costs a process about 1 s, worth it only for real vectors."""
