@@ -26,6 +26,9 @@ from byzctl.transport.wire import Message
 log = logging.getLogger("byzctl.node")
 
 MAX_CONFIG_BYTES = 16 * 2**20
+ASK_AGAIN_S = 2.0
+"""A node started before the monitor listens can have its request accepted by the launcher's
+port probe (bind, then close) and lost with it: without an answer it asks again this often."""
 
 
 def given_overrides(overrides: list[str], cfg: DictConfig) -> dict[str, Any]:
@@ -53,12 +56,17 @@ def fetch_config(own: DictConfig, overrides: dict[str, Any], node_id: int, contr
         if ring is not None:
             curve.secure_client(sock, ring, node_id, "monitor")
         sock.connect(control)
-        sockets.send(sock, Message(kind="config", sender=node_id, meta={"overrides": overrides}))
+        ask = Message(kind="config", sender=node_id, meta={"overrides": overrides})
+        sockets.send(sock, ask)
         log.info("node %d: asking the monitor at %s for the run's config", node_id, control)
         timeout = float(own.topology.join_timeout)
         deadline = time.monotonic() + timeout
+        again = time.monotonic() + ASK_AGAIN_S
         while time.monotonic() < deadline:
             if not sock.poll(100):
+                if time.monotonic() > again:  # the request may have gone to a connection that died
+                    sockets.send(sock, ask, block=False)
+                    again = time.monotonic() + ASK_AGAIN_S
                 continue
             try:
                 _, reply = sockets.recv(sock, routed=False, max_bytes=MAX_CONFIG_BYTES)

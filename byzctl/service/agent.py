@@ -150,9 +150,15 @@ class Agent:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+    """A port for this agent's nodes, below the ephemeral range (see sessions.PORTS)."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(30000, 32700)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("", port))
+            return port
+    raise OSError("no free port in 30000-32700: give --port")
 
 
 def public_key(keys: Path, name: str) -> str:

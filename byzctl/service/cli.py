@@ -50,6 +50,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--agent-timeout", type=float, default=15.0, help="seconds without a heartbeat before an agent is LOST (default 15)")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between agents' heartbeats (default 2)")
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest request body, dataset included (default 100)")
+    p.add_argument("--ports", default="29400-29999", help="port range of the sessions' monitors and servers (default 29400-29999, below the ephemeral range)")
     p.add_argument("--ssl-keyfile", help="TLS private key (uvicorn's own TLS; or terminate TLS in a reverse proxy)")
     p.add_argument("--ssl-certfile", help="TLS certificate chain")
     args = p.parse_args(argv)
@@ -59,6 +60,7 @@ def serve(argv: list[str]) -> int:
         raise ConfigError(f"--agent-timeout {args.agent_timeout} must be at least two heartbeats (--heartbeat {args.heartbeat})")
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be > 0. Got {args.max_upload_mb}")
+    ports = _port_range(args.ports)
     import uvicorn
 
     from byzctl.service.api import BodyLimit, create_app
@@ -68,7 +70,8 @@ def serve(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = engine_for(args.db)
     advertise = args.advertise or (socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host)
-    sessions = Sessions(engine, Path(args.outputs), bind_host=args.host, advertise=advertise, agent_timeout=args.agent_timeout)
+    sessions = Sessions(engine, Path(args.outputs), bind_host=args.host, advertise=advertise, agent_timeout=args.agent_timeout,
+                        ports=ports)
     limit = int(args.max_upload_mb * 2**20)
     app = create_app(engine, sessions, max_upload_bytes=limit, heartbeat_s=args.heartbeat)
     sessions.recover()
@@ -79,6 +82,13 @@ def serve(argv: list[str]) -> int:
     finally:
         sessions.close()
     return 0
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit() and 0 < int(lo) <= int(hi) < 65536):
+        raise ConfigError(f"--ports {text!r}: give a range LOW-HIGH such as 29400-29999")
+    return int(lo), int(hi)
 
 
 def _password(name: str) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,6 +44,9 @@ log = logging.getLogger("byzctl.serve")
 SERVICE_KEYS = ("launcher", "cluster", "local_nodes", "resume", "processes", "logger", "hydra", "dataset.path",
                 "dataset.ship", "security.keys", "memory_check")
 """Override keys the service sets itself (or that name files on its host): refused from users."""
+
+PORT_HOLD_S = 300.0
+"""How long a port handed to a session is not handed to another."""
 
 _compose_lock = threading.Lock()
 """Hydra's compose API keeps global state: one composition at a time."""
@@ -119,10 +123,26 @@ def check(overrides: list[str], csv: Path | None) -> Checked:
                    remote=[(s.id, s.byzantine) for s in plan if not s.role.central], rounds=int(cfg.rounds))
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+PORTS = (29400, 29999)
+"""Where the service's monitors and servers listen (`byzctl serve --ports`): below Linux's
+ephemeral range (32768-60999), so no outgoing connection holds one, and a node that keeps
+dialling a monitor not yet listening cannot end up connected to itself (a TCP
+self-connect, possible when source and destination port are the same)."""
+
+
+def free_port(host: str, ports: tuple[int, int] = PORTS, taken: set[int] | None = None) -> int:
+    """A port in `ports` this host can listen on now (bind, then close), not in `taken`."""
+    lo, hi = ports
+    span = hi - lo + 1
+    start = random.randrange(span)
+    for k in range(span):
+        port = lo + (start + k) % span
+        if taken and port in taken:
+            continue
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind((host, port))
+            return port
+    raise ConfigError(f"no free port in {lo}-{hi} on {host} (byzctl serve --ports)")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -142,8 +162,12 @@ def pid_alive(pid: int | None) -> bool:
 class Sessions:
     """Starts, follows, stops and resumes sessions; owns their run processes."""
 
-    def __init__(self, engine: Engine, outputs: Path, *, bind_host: str, advertise: str, agent_timeout: float):
+    def __init__(self, engine: Engine, outputs: Path, *, bind_host: str, advertise: str, agent_timeout: float,
+                 ports: tuple[int, int] = PORTS):
         self.engine = engine
+        self.ports = ports
+        self._given: dict[int, float] = {}
+        self._port_lock = threading.Lock()
         self.outputs = outputs.absolute()
         self.bind_host, self.advertise = bind_host, advertise
         self.agent_timeout = agent_timeout
@@ -215,18 +239,29 @@ class Sessions:
 
     def _placement(self, checked: Checked, agents: list[Agent], run_dir: Path) -> list[str]:
         """Write the session's cluster file; the overrides that point `byzctl run` at it."""
-        mon = {"host": self.advertise, "port": free_port(self.bind_host), "bind_host": self.bind_host}
+        mon_port = self._port()
+        mon = {"host": self.advertise, "port": mon_port, "bind_host": self.bind_host}
         data: dict[str, Any] = {"monitor": mon}
         entries = [{"id": node_id, "host": a.host, "port": a.port, "bind_host": a.host, "type": "byzantine" if byz else "honest"}
                    for a, (node_id, byz) in zip(agents, checked.remote)]
         if checked.central:
-            data["server"] = {"host": self.advertise, "port": free_port(self.bind_host), "bind_host": self.bind_host}
+            data["server"] = {"host": self.advertise, "port": self._port(), "bind_host": self.bind_host}
             data["workers" if checked.central[0] == 0 else "nodes"] = entries
         else:
             data["nodes"] = entries
         path = run_dir / "cluster.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return ["launcher=remote", f"cluster={path}", f"local_nodes=[{','.join(map(str, checked.central))}]"]
+
+    def _port(self) -> int:
+        """A free port of the range, not handed to another session in the last minutes
+        (its run may not have bound it yet)."""
+        with self._port_lock:
+            now = time.monotonic()
+            self._given = {p: t for p, t in self._given.items() if now - t < PORT_HOLD_S}
+            port = free_port(self.bind_host, self.ports, taken=set(self._given))
+            self._given[port] = now
+            return port
 
     def _launch(self, sid: str, checked: Checked, agents: list[Agent], args: list[str]) -> None:
         run_dir = self.outputs / "sessions" / sid
@@ -292,6 +327,9 @@ class Sessions:
         again; one whose process is gone is FAILED, saying so (or takes the end its run
         recorded, if it ended while the service was down)."""
         with Session(self.engine) as db:
+            # agents heartbeat into the void while the service is down: one timeout of grace to come back
+            db.execute(update(Agent).where(col(Agent.state) != AgentState.LOST).values(last_seen=time.time()))
+            db.commit()
             for row in db.exec(select(TrainingSession).where(TrainingSession.state == RunState.RUNNING)).all():
                 if pid_alive(row.pid):
                     log.info("session %s: re-attached to its run (pid %s)", row.id, row.pid)
