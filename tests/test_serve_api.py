@@ -147,3 +147,26 @@ def test_too_few_agents_is_409_and_creates_nothing(service, alice, tmp_path):
     assert "needs 5 agents, 3 are idle" in body["detail"]
     assert alice.get("/sessions").json() == before
     assert len(list((Path(service.root) / "outputs" / "sessions").iterdir())) == len(before)
+
+
+def test_passwords_are_argon2id_and_the_signing_key_is_in_the_database(service):
+    from sqlmodel import Session, select
+
+    from byzctl.service.db import Setting, User, engine_for
+
+    with Session(engine_for(service.db)) as db:
+        hashes = [u.password_hash for u in db.exec(select(User)).all()]
+        key = db.get(Setting, "jwt_key")
+    assert hashes and all(h.startswith("$argon2id$") for h in hashes)
+    assert key is not None and len(key.value) >= 48
+
+
+def test_without_the_serve_extra_the_commands_exit_2_with_the_pip_line(monkeypatch, capsys):
+    import importlib.util
+
+    from byzctl.service import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert cli.serve(["--db", "sqlite:///unused.db"]) == 2
+    assert "pip install 'byzctl[serve]'" in capsys.readouterr().err

@@ -26,9 +26,11 @@ from byzctl.transport.wire import Message
 log = logging.getLogger("byzctl.node")
 
 MAX_CONFIG_BYTES = 16 * 2**20
-ASK_AGAIN_S = 2.0
-"""A node started before the monitor listens can have its request accepted by the launcher's
-port probe (bind, then close) and lost with it: without an answer it asks again this often."""
+
+
+def config_identity(node_id: int) -> bytes:
+    """The routing id a node asks for the run's config under (without CURVE)."""
+    return b"c%d" % node_id
 
 
 def given_overrides(overrides: list[str], cfg: DictConfig) -> dict[str, Any]:
@@ -51,22 +53,20 @@ def fetch_config(own: DictConfig, overrides: dict[str, Any], node_id: int, contr
     security = build(own.security, "security")
     ring = curve.Keyring(security.keys) if security.name == SecurityKind.curve else None
     ctx = zmq.Context()
-    sock = sockets.dealer(ctx, None if ring else b"n%d" % node_id, sndhwm=4, max_bytes=MAX_CONFIG_BYTES)
+    # Not the node's own routing id: the monitor may still hold this connection when the
+    # node's control socket connects, and a ROUTER without handover would then refuse that
+    # one's id for good (its next frame read as the id), losing every report of the node.
+    sock = sockets.dealer(ctx, None if ring else config_identity(node_id), sndhwm=4, max_bytes=MAX_CONFIG_BYTES)
     try:
         if ring is not None:
             curve.secure_client(sock, ring, node_id, "monitor")
         sock.connect(control)
-        ask = Message(kind="config", sender=node_id, meta={"overrides": overrides})
-        sockets.send(sock, ask)
+        sockets.send(sock, Message(kind="config", sender=node_id, meta={"overrides": overrides}))
         log.info("node %d: asking the monitor at %s for the run's config", node_id, control)
         timeout = float(own.topology.join_timeout)
         deadline = time.monotonic() + timeout
-        again = time.monotonic() + ASK_AGAIN_S
         while time.monotonic() < deadline:
             if not sock.poll(100):
-                if time.monotonic() > again:  # the request may have gone to a connection that died
-                    sockets.send(sock, ask, block=False)
-                    again = time.monotonic() + ASK_AGAIN_S
                 continue
             try:
                 _, reply = sockets.recv(sock, routed=False, max_bytes=MAX_CONFIG_BYTES)
