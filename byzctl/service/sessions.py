@@ -334,7 +334,8 @@ class Sessions:
                 if pid_alive(row.pid):
                     log.info("session %s: re-attached to its run (pid %s)", row.id, row.pid)
                     continue
-                self._finish(db, row, gone=f"byzctl serve stopped while the session ran, and its run process (pid {row.pid}) is gone")
+                self._finish(db, row, gone=f"byzctl serve stopped while the session ran, and its run process (pid {row.pid}) is gone",
+                             restart=True)
 
     def tick(self) -> None:
         now = time.time()
@@ -361,8 +362,10 @@ class Sessions:
                 self.procs.pop(row.id, None)
                 self._finish(db, row, gone=f"its run process (pid {row.pid}) exited with code {code} without recording an end")
 
-    def _finish(self, db: Session, row: TrainingSession, *, gone: str) -> None:
-        """Record how the session's run ended (from its run directory) and free its agents."""
+    def _finish(self, db: Session, row: TrainingSession, *, gone: str, restart: bool = False) -> None:
+        """Record how the session's run ended (from its run directory) and free its agents.
+        `restart`: found at start-up; a failure then leads with `gone`, the run's own
+        reason (its nodes noticed the launcher die) after it."""
         run_dir = Path(row.run_dir)
         try:
             info = read_json(run_dir / "run.json")
@@ -373,7 +376,9 @@ class Sessions:
         except (OSError, ValueError):
             summary = {}
         state = info.get("state")
-        if state in (RunState.COMPLETED, RunState.FAILED, RunState.INTERRUPTED):
+        if restart and state in (RunState.FAILED, RunState.RUNNING):
+            row.state, row.reason = RunState.FAILED, gone + (f"; the run recorded: {info['reason']}" if info.get("reason") else "")
+        elif state in (RunState.COMPLETED, RunState.FAILED, RunState.INTERRUPTED):
             row.state, row.reason = RunState(state), str(info.get("reason") or "")
         else:
             row.state, row.reason = RunState.FAILED, gone
