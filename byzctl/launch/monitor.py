@@ -142,9 +142,9 @@ class Monitor:
         the sending process must be the one the launcher started for that node."""
         if self.ring is not None:
             return ""
-        expected = config_identity(msg.sender) if msg.kind == "config" else identity(msg.sender)
-        if ident != expected:
-            return f"routing id {ident!r} is not {expected!r}"
+        own = config_identity(msg.sender) if msg.kind == "config" else identity(msg.sender)
+        if ident != own:
+            return f"routing id {ident!r} is not {own!r}"
         peer = sockets.peer_process(first)
         if peer is None:
             return ""  # tcp: the routing id is all there is (README, threat model)
