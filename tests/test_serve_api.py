@@ -53,6 +53,8 @@ def test_a_session_runs_to_completed_on_three_agents(service, alice, tmp_path):
     assert s["test_accuracy"] > 0.5 and [r for r, _ in s["curve"]] == [5, 10, 15, 20]
     rows = [json.loads(line) for line in alice.get(f"/sessions/{sid}/metrics").text.splitlines()]
     assert [row["round"] for row in rows if row.get("role") == "server"] == [5, 10, 15, 20]
+    assert alice.get(f"/sessions/{sid}/metrics", params={"follow": "true"}).text.splitlines() == \
+        alice.get(f"/sessions/{sid}/metrics").text.splitlines()  # an ended session's stream ends
     agents = service.wait_agents(alice, idle=3)
     assert all(a["session"] is None for a in agents)
     assert [x["id"] for x in alice.get("/sessions").json()] == [sid]
@@ -170,3 +172,15 @@ def test_without_the_serve_extra_the_commands_exit_2_with_the_pip_line(monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     assert cli.serve(["--db", "sqlite:///unused.db"]) == 2
     assert "pip install 'byzctl[serve]'" in capsys.readouterr().err
+
+
+def test_an_agent_name_is_bound_to_its_public_key(service):
+    """Last in the module: the registered agent never heartbeats and turns LOST."""
+    url = service.url
+    enrol = {"Authorization": f"Bearer {service.token_file.read_text().strip()}"}
+    key_a, key_b = "a" * 40, "b" * 40
+    r = httpx.post(f"{url}/agents/register", json={"name": "keyed", "port": 9000, "public_key": key_a}, headers=enrol)
+    assert r.status_code == 200
+    assert httpx.get(f"{url}/sessions", headers={"Authorization": f"Bearer {r.json()['token']}"}).status_code == 401
+    r = httpx.post(f"{url}/agents/register", json={"name": "keyed", "port": 9000, "public_key": key_b}, headers=enrol)
+    assert r.status_code == 401 and "bound to another CURVE public key" in r.json()["detail"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -69,6 +71,20 @@ def test_two_concurrent_requests_never_get_the_same_agent(service, tmp_path):
         assert len(held) == 2
         assert service.wait_state(c, won["id"], ("COMPLETED", "FAILED"))["state"] == "COMPLETED"
         assert [s["id"] for s in c.get("/sessions").json()] == [won["id"]]
+        report = subprocess.run([sys.executable, "-m", "byzctl", "report", won["run_dir"]], capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0, report.stdout + report.stderr
+
+
+def test_a_mesh_session_with_multi_krum(service, tmp_path):
+    """Decentralized: every peer runs on an agent and listens on the agent's port."""
+    with service.client() as c:
+        service.wait_agents(c, idle=3)
+        r = start_session(c, make_csv(tmp_path / "d.csv"), [*SMALL, "topology=mesh", "aggregator=multi_krum",
+                                                             "nodes.honest=3", "nodes.byzantine=0"])
+        assert r.status_code == 201, r.text
+        s = service.wait_state(c, r.json()["id"], ("COMPLETED", "FAILED"))
+        assert s["state"] == "COMPLETED" and s["rounds_done"] == 20, s
+        assert s["curve"] and s["test_accuracy"] is not None
 
 
 def test_a_killed_agent_is_lost_and_the_session_completes_without_it(service, tmp_path):
