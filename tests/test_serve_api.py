@@ -184,3 +184,17 @@ def test_an_agent_name_is_bound_to_its_public_key(service):
     assert httpx.get(f"{url}/sessions", headers={"Authorization": f"Bearer {r.json()['token']}"}).status_code == 401
     r = httpx.post(f"{url}/agents/register", json={"name": "keyed", "port": 9000, "public_key": key_b}, headers=enrol)
     assert r.status_code == 401 and "bound to another CURVE public key" in r.json()["detail"]
+
+
+def test_account_and_serve_commands_refuse_bad_input(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    run = [sys.executable, "-m", "byzctl"]
+    out = subprocess.run([*run, "users", "add", "carol", "--db", db], input="first password\nsecond password\n",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "the two passwords differ" in out.stderr
+    out = subprocess.run([*run, "users", "add", "carol", "--db", db], input="short\nshort\n", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "use at least 8" in out.stderr
+    out = subprocess.run([*run, "serve", "--db", db, "--ports", "9000"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--ports '9000'" in out.stderr
+    out = subprocess.run([*run, "serve", "--db", "byzctl.db"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a database URL" in out.stderr
