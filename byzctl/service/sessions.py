@@ -205,7 +205,7 @@ class Sessions:
         try:
             self._launch(sid, checked, agents, ["run", *self._placement(checked, agents, run_dir), *checked.overrides,
                                                 f"hydra.run.dir={run_dir}"])
-        except ConfigError:
+        except Exception:  # the placed config refused (ByzctlError), no port free, the process not started
             self._release(sid)
             with Session(self.engine) as db:
                 db.delete(db.get(TrainingSession, sid))
@@ -314,8 +314,12 @@ class Sessions:
         checked = Checked(overrides=[], central=[s.id for s in plan if s.role.central],
                           remote=[(s.id, s.byzantine) for s in plan if not s.role.central], rounds=int(cfg.rounds))
         agents = self._lock(row.id, checked)
-        self._placement(checked, agents, run_dir)  # the same cluster.yaml, on the agents locked now
-        self._launch(row.id, checked, agents, ["run", f"resume={run_dir}"])
+        try:
+            self._placement(checked, agents, run_dir)  # the same cluster.yaml, on the agents locked now
+            self._launch(row.id, checked, agents, ["run", f"resume={run_dir}"])
+        except Exception:
+            self._release(row.id)
+            raise
         with Session(self.engine) as db:
             found = db.get(TrainingSession, row.id)
             assert found is not None
