@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install byzctl (editable, with the dev and loggers extras)
+install: $(STAMP) ## create .venv and install byzctl (editable, with the dev, loggers, serve and browser extras)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,loggers]'
+	$(PY) -m pip install --quiet -e '.[dev,loggers,serve,browser]'
 	touch $(STAMP)
 
 run: install ## run the embedded default experiment (ARGS="topology=ps ..." adds overrides)

@@ -24,6 +24,10 @@ commands:
   status [DIR] [--json]    runs under outputs/ with their state
   doctor [--json]          check torch/CUDA, ZeroMQ/CURVE, bundled data, ports
   keys gen DIR --nodes N   CURVE key pairs for a secured cluster
+  serve [--db URL]         training sessions over HTTP: API, accounts, dashboard (serve extra)
+  users add NAME           an account of byzctl serve (password from stdin or a prompt)
+  agents token             an enrolment token for byzctl agent
+  agent --server URL ...   a long-lived peer that runs sessions' nodes
   --version                print the version
 """
 
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "node": cmd_node, "list": cmd_list, "bench": cmd_bench}
     if cmd in MODULES:
         handlers[cmd] = _module_main(MODULES[cmd])
+    if cmd in SERVICE:
+        handlers[cmd] = _module_main("byzctl.service.cli", cmd)
     if cmd not in handlers:
         print(f"byzctl: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -69,12 +75,15 @@ MODULES = {
 }
 """Subcommands implemented by a module's `main(argv) -> int`."""
 
+SERVICE = ("serve", "users", "agents", "agent")
+"""Subcommands of byzctl.service.cli, each its function of the same name."""
 
-def _module_main(module: str):  # type: ignore[no-untyped-def]
+
+def _module_main(module: str, function: str = "main"):  # type: ignore[no-untyped-def]
     def handler(rest: list[str]) -> int:
         import importlib
 
-        return int(importlib.import_module(module).main(rest))
+        return int(getattr(importlib.import_module(module), function)(rest))
 
     return handler
 

@@ -25,3 +25,21 @@ class RunState(str, Enum):
     def exit_code(self) -> int:
         """What `byzctl run` and a node exit with when the run ended so."""
         return {RunState.COMPLETED: 0, RunState.INTERRUPTED: 130}.get(self, 1)
+
+
+class AgentState(str, Enum):
+    """A `byzctl agent`'s state in the service's database (`GET /agents`)."""
+
+    IDLE = "IDLE"
+    """Online and free: a new session may lock it."""
+    TRAINING = "TRAINING"
+    """Locked by a session (its node runs there, or is about to)."""
+    LOST = "LOST"
+    """No heartbeat for the service's agent timeout (dead, hung or cut off)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def online(self) -> bool:
+        return self is not AgentState.LOST

@@ -23,6 +23,7 @@ from rich.table import Table
 from byzctl.config.experiment import Experiment
 from byzctl.launch.checkpoints import NodeStates
 from byzctl.launch.rundir import RunDir
+from byzctl.node.coordinator import config_identity
 from byzctl.node.runtime import identity
 from byzctl.topology.base import NodeSpec, Role
 from byzctl.transport import curve, sockets
@@ -141,8 +142,9 @@ class Monitor:
         the sending process must be the one the launcher started for that node."""
         if self.ring is not None:
             return ""
-        if ident != identity(msg.sender):
-            return f"routing id {ident!r} is not {identity(msg.sender)!r}"
+        own = config_identity(msg.sender) if msg.kind == "config" else identity(msg.sender)
+        if ident != own:
+            return f"routing id {ident!r} is not {own!r}"
         peer = sockets.peer_process(first)
         if peer is None:
             return ""  # tcp: the routing id is all there is (README, threat model)

@@ -28,6 +28,11 @@ log = logging.getLogger("byzctl.node")
 MAX_CONFIG_BYTES = 16 * 2**20
 
 
+def config_identity(node_id: int) -> bytes:
+    """The routing id a node asks for the run's config under (without CURVE)."""
+    return b"c%d" % node_id
+
+
 def given_overrides(overrides: list[str], cfg: DictConfig) -> dict[str, Any]:
     """{dotted key: its value in `cfg`} for every key set on the command line, host
     settings (HOST_LOCAL_KEYS, security.keys, hydra.*) left out."""
@@ -48,7 +53,10 @@ def fetch_config(own: DictConfig, overrides: dict[str, Any], node_id: int, contr
     security = build(own.security, "security")
     ring = curve.Keyring(security.keys) if security.name == SecurityKind.curve else None
     ctx = zmq.Context()
-    sock = sockets.dealer(ctx, None if ring else b"n%d" % node_id, sndhwm=4, max_bytes=MAX_CONFIG_BYTES)
+    # Not the node's own routing id: the monitor may still hold this connection when the
+    # node's control socket connects, and a ROUTER without handover would then refuse that
+    # one's id for good (its next frame read as the id), losing every report of the node.
+    sock = sockets.dealer(ctx, None if ring else config_identity(node_id), sndhwm=4, max_bytes=MAX_CONFIG_BYTES)
     try:
         if ring is not None:
             curve.secure_client(sock, ring, node_id, "monitor")

@@ -1,0 +1,1 @@
+"""`byzctl serve` and `byzctl agent`: training sessions as a service, on byzctl's own engine."""
