@@ -11,7 +11,6 @@ import pytest
 from servekit import PASSWORD, SMALL, Service, make_csv
 
 pytest.importorskip("fastapi")
-pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
