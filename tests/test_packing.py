@@ -160,6 +160,17 @@ def test_packed_and_one_process_per_node_reach_the_same_parameters(tmp_path, top
         assert shared not in (per_node / "nodes" / "0.log").read_text()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_forked_host_runs_parallel_torch_ops(tmp_path, threads):
+    """Krum's Gram matrix at n = 25 is a BLAS call big enough to use threads: when the
+    fork server had started its thread pool, every forked host hung in its config check
+    (no node ever joined; found running the bucketing table)."""
+    out, proc = run_dir(tmp_path, "aggregator=krum", "nodes.honest=20", "nodes.byzantine=5", "rounds=2",
+                        f"device.threads={threads}", "topology.join_timeout=30", "model.hidden=[64]")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert read(out / "summary.json")["rounds_completed"] == 2
+
+
 def test_a_killed_host_loses_exactly_its_nodes_and_the_ps_run_completes(tmp_path):
     live, out = _start(tmp_path, "nodes.honest=4", "nodes.byzantine=1", "processes=3", "rounds=150", "eval_every=50",
                        "topology.peer_timeout=3")

@@ -10,6 +10,12 @@ import torch
 
 import byzctl.node.host  # noqa: F401 - the import is the point: roles, aggregators, attacks, data
 
+# The server runs its warm-ups on one thread: an OpenMP pool started here would be
+# copied into every forked host without its threads, and the host's first parallel op
+# (krum's Gram matrix at n = 25) would wait on them for ever. Each host sets its own
+# thread count (device.threads) and starts its own pool.
+torch.set_num_threads(1)
+
 
 def _kernels() -> None:
     """Load (or, the first time on this machine, compile) numba's fp32 kernel."""
