@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,7 @@ class RayRun(LocalLauncher):
                           num_gpus=0 if not cfg.gpus_per_actor else None, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                           _node_ip_address="127.0.0.1")
         else:
+            _probe(cfg.address)
             kwargs["address"] = cfg.address
         try:
             ray.init(**kwargs)
@@ -218,6 +220,24 @@ class RayRun(LocalLauncher):
         with contextlib.suppress(Exception):
             ray.shutdown()
         return {node_id: self.codes.get(rank) for rank, group in enumerate(self.hosts_plan) for node_id in group}
+
+
+PROBE_TIMEOUT_S = 5.0
+"""How long the head's port gets to accept a connection: ray.init waits minutes on an
+address where nothing answers."""
+
+
+def _probe(address: str) -> None:
+    """A host:port address (or ray://host:port) must accept a TCP connection: else
+    ConfigError naming it, before ray.init waits minutes on it."""
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # auto: ray finds the cluster this machine runs, or says there is none
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"launcher.address={address}: no Ray cluster answers there ({exc or 'timed out'})") from None
 
 
 def _read_keys(folder: Path) -> dict[str, bytes]:
