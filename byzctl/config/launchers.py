@@ -76,7 +76,8 @@ class SlurmLauncher(Launcher):
     gpus_per_task: int = 0
     """`--gpus-per-task` of each host process (0: none asked)."""
     sbatch: list[str] = field(default_factory=list)
-    """Extra `#SBATCH` lines, as they would follow `#SBATCH ` (e.g. `--mem=8G`, `--qos=high`)."""
+    """Extra `#SBATCH` lines, as they would follow `#SBATCH `: `launcher.sbatch='["--mem=8G","--qos=high"]'`
+    (quoted: Hydra's grammar reads `=` in a list otherwise; the leading `--` may be left out)."""
     monitor: MonitorPlace = MonitorPlace.submit
     """submit: the monitor runs in `byzctl run` on this host; job: inside the job."""
     monitor_host: str | None = None
@@ -101,8 +102,9 @@ class SlurmLauncher(Launcher):
         if not _TIME.match(self.time):
             raise ConfigError(f"launcher.time={self.time!r} is not a SLURM time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
         for line in self.sbatch:
-            if "\n" in line or not line.strip().startswith("-"):
+            if "\n" in line or not line.strip() or line.strip().startswith("#"):
                 raise ConfigError(f"launcher.sbatch line {line!r} must be one sbatch option such as '--mem=8G'")
+        self.sbatch = [line.strip() if line.strip().startswith("-") else f"--{line.strip()}" for line in self.sbatch]
         if not self.wait and self.monitor is MonitorPlace.submit:
             self.monitor = MonitorPlace.job  # nobody would be left to run it here
 
