@@ -106,12 +106,12 @@ def test_a_killed_actor_is_a_lost_node(tmp_path):
     before = ray_processes()
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "byzctl", "run", "launcher=ray", "launcher.address=local", *RUN,
-                             "rounds=150", "topology.peer_timeout=3", f"hydra.run.dir={out}"], cwd=tmp_path,
+                             "nodes.honest=3", "rounds=150", "topology.peer_timeout=3", f"hydra.run.dir={out}"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        log = out / "nodes" / "3.log"
+        log = out / "nodes" / "4.log"  # the Byzantine worker (3 honest: n=3 > 2f without it)
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not (log.is_file() and " ready in " in log.read_text()):
+        while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():  # rounds began
             time.sleep(0.3)
         first = log.read_text().splitlines()[0]
         os.kill(int(first.split("(pid ")[1].split(",")[0]), signal.SIGKILL)
@@ -121,8 +121,8 @@ def test_a_killed_actor_is_a_lost_node(tmp_path):
         if proc.poll() is None:
             proc.kill()
     summary = read(out / "summary.json")
-    assert summary["state"] == "COMPLETED" and summary["lost_ids"] == [3], summary
-    assert "Ray actor of host process 3 died" in (out / "nodes" / "3.log").read_text()
+    assert summary["state"] == "COMPLETED" and summary["lost_ids"] == [4], summary
+    assert "Ray actor of host process 4 died" in (out / "nodes" / "4.log").read_text()
     assert not gone(ray_processes() - before)
 
 

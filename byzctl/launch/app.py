@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> float | None:
 def _launch(exp: Any, out: Path, console: Any, resume: bool) -> dict[str, Any]:
     """Start the run with its launcher (config/launchers.py); the summary of how it ended."""
     from byzctl.config.launchers import LauncherKind, MonitorPlace
-    from byzctl.launch.local import LocalLauncher, write_resolved
+    from byzctl.launch.local import LocalLauncher
     from byzctl.launch.rundir import RunDir
 
     kind = exp.launcher.name
@@ -104,8 +104,7 @@ def _launch(exp: Any, out: Path, console: Any, resume: bool) -> dict[str, Any]:
 
         slurm.check(exp, exp.launcher, out.resolve())
         if exp.launcher.monitor is MonitorPlace.job:
-            rundir = RunDir(out)
-            return slurm.submit_only(exp, rundir, console, write_resolved(exp.cfg, rundir))
+            return slurm.submit_only(exp, RunDir(out), console, resume=resume)
         return slurm.SlurmRun(exp, RunDir(out), console, resume=resume).run()
     if kind is LauncherKind.ray:
         from byzctl.launch.ray import RayRun

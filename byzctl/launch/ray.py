@@ -104,7 +104,7 @@ class RayRun(LocalLauncher):
         self.pg: Any = None
         self._connect()
         try:
-            local = "127.0.0.1" if self.cfg.address == "local" else None  # the private cluster lives on loopback
+            local = "127.0.0.1" if self.cfg.address == "local" or _on_loopback(self.cfg.address) else None  # a cluster on this machine only
             self.address = self.cfg.monitor_host or local or str(self.ray.util.get_node_ip_address())
             check_plaintext([f"tcp://{self.address}:0"], str(exp.security.name.value))
             self._check_resources()
@@ -238,6 +238,12 @@ def _probe(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise ConfigError(f"launcher.address={address}: no Ray cluster answers there ({exc or 'timed out'})") from None
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether the head's address (host:port, ray://host:port) is this machine's loopback."""
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _read_keys(folder: Path) -> dict[str, bytes]:

@@ -34,7 +34,7 @@ from byzctl.config.experiment import Experiment
 from byzctl.config.launchers import MonitorPlace, SlurmLauncher
 from byzctl.errors import ConfigError, PeerError
 from byzctl.jsonio import read_json
-from byzctl.launch.local import LocalLauncher
+from byzctl.launch.local import LocalLauncher, write_resolved
 from byzctl.launch.monitor import Monitor
 from byzctl.launch.rundir import RunDir
 from byzctl.launch.sbatch import (
@@ -251,7 +251,7 @@ class SlurmStep(SlurmRun):
         return {}
 
 
-def submit_only(exp: Experiment, rundir: RunDir, console: Console, resolved: Path) -> dict[str, Any]:
+def submit_only(exp: Experiment, rundir: RunDir, console: Console, resume: bool = False) -> dict[str, Any]:
     """launcher.monitor=job: submit a job whose batch step runs the monitor; return at once
     (launcher.wait=false, the summary says RUNNING) or wait for it, cancelling it on Ctrl-C."""
     from byzctl.launch.local import Interrupted, _raise_interrupted
@@ -260,11 +260,17 @@ def submit_only(exp: Experiment, rundir: RunDir, console: Console, resolved: Pat
     assert isinstance(cfg, SlurmLauncher)
     hosts = plan_tasks(exp, cfg)
     (rundir.path / "slurm").mkdir(exist_ok=True)
-    step = [sys.executable, "-m", "byzctl.launch.slurm", str(rundir.path.resolve())]
+    if not resume:
+        write_resolved(exp.cfg, rundir)
+    step = [sys.executable, "-m", "byzctl.launch.slurm", str(rundir.path.resolve()), *(["--resume"] if resume else [])]
     job_id = submit(script(exp, cfg, len(hosts), rundir.path.resolve(), step), rundir.path)
-    rundir.start(config_hash=exp.hash, topology=exp.topology.name, launcher="slurm", host=socket.gethostname(),
-                 slurm={"job_id": job_id, "state": "PENDING", "script": "slurm/job.sh", "tasks": len(hosts), "nodes": cfg.nodes},
-                 nodes=[{"id": s.id, "role": s.role.value, "byzantine": s.byzantine} for s in exp.plan()])
+    job = {"job_id": job_id, "state": "PENDING", "script": "slurm/job.sh", "tasks": len(hosts), "nodes": cfg.nodes}
+    if resume:  # the batch step continues the record it finds
+        rundir.info = read_json(rundir.run_json)
+        rundir.update(state=RunState.RUNNING, reason="", ended=None, slurm=job)
+    else:
+        rundir.start(config_hash=exp.hash, topology=exp.topology.name, launcher="slurm", host=socket.gethostname(), slurm=job,
+                     nodes=[{"id": s.id, "role": s.role.value, "byzantine": s.byzantine} for s in exp.plan()])
     console.print(f"SLURM job {job_id} submitted: {len(hosts)} tasks, the monitor in the job; run files: {rundir.path}")
     if not cfg.wait:
         return {"state": RunState.RUNNING, "job_id": job_id}
@@ -289,7 +295,7 @@ def submit_only(exp: Experiment, rundir: RunDir, console: Console, resolved: Pat
                 "rounds_completed": 0, "test_accuracy": None, "wall_seconds": 0.0}
 
 
-def step_main(run_dir: str) -> int:
+def step_main(run_dir: str, resume: bool = False) -> int:
     """The batch step of a launcher.monitor=job run: monitor, tasks (srun) and records."""
     from byzctl.config.compose import load_resolved
 
@@ -298,7 +304,7 @@ def step_main(run_dir: str) -> int:
     exp = Experiment.from_cfg(load_resolved(path / "config.yaml", "the run's config.yaml"))
     rundir = RunDir(path)
     before = read_json(rundir.run_json)
-    launcher = SlurmStep(exp, rundir, Console(), resume=False)
+    launcher = SlurmStep(exp, rundir, Console(), resume=resume)
     summary = _run_keeping(launcher, before)
     state = summary["state"]
     return int(RunState(state).exit_code)
@@ -316,7 +322,7 @@ def _run_keeping(launcher: SlurmStep, before: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m byzctl.launch.slurm RUN_DIR (the batch step of a byzctl SLURM job)", file=sys.stderr)
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--resume"]):
+        print("usage: python -m byzctl.launch.slurm RUN_DIR [--resume] (the batch step of a byzctl SLURM job)", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(step_main(sys.argv[1]))
+    raise SystemExit(step_main(sys.argv[1], resume=sys.argv[2:] == ["--resume"]))
