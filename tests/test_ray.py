@@ -94,7 +94,7 @@ def test_more_actors_than_the_cluster_holds_is_exit_2(tmp_path):
         proc = byzctl("run", "launcher=ray", f"launcher.address=127.0.0.1:{port}", *RUN, f"hydra.run.dir={tmp_path / 'run'}",
                       cwd=tmp_path, env=env)
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert "launcher.cpus_per_actor=1.0" in proc.stderr and "has 2 CPU" in proc.stderr, proc.stderr
+        assert "launcher.cpus_per_actor=1.0 need 4 CPUs" in proc.stderr and "has 2" in proc.stderr, proc.stderr
     finally:
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120, env=env)
 
