@@ -97,6 +97,7 @@ class RayRun(LocalLauncher):
         assert isinstance(exp.launcher, RayLauncher)
         self.cfg: RayLauncher = exp.launcher
         self.hosts_plan = packing.pack(exp.plan(), exp.cfg.get("processes", packing.AUTO))
+        self.rank_of = {node_id: rank for rank, group in enumerate(self.hosts_plan) for node_id in group}
         self.ray = import_ray()
         self.actors: list[Any] = []
         self.refs: list[Any] = []
@@ -192,12 +193,14 @@ class RayRun(LocalLauncher):
         return self.codes[rank]
 
     def outcome(self, node_id: int, monitor: Monitor) -> int | None:
+        """As LocalLauncher's: the host's exit code, but a node's own report where its host
+        carries others (or has not exited yet)."""
         final = monitor.nodes[node_id].final
-        rank = next(r for r, group in enumerate(self.hosts_plan) if node_id in group)
+        rank = self.rank_of[node_id]
         code = self.host_code(rank) if self.refs else None
-        if len(self.hosts_plan[rank]) == 1 or not final:
-            return code if code is not None or not final else (1 if final.get("state") == "failed" else 0)
-        return 1 if final.get("state") == "failed" else 0
+        if final and (code is None or len(self.hosts_plan[rank]) > 1):
+            return 1 if final.get("state") == "failed" else 0
+        return code
 
     def stopping(self, monitor: Monitor) -> bool:
         return any(self.host_code(r) is None for r in range(len(self.refs)))
