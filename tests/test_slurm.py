@@ -3,6 +3,7 @@ cluster (munged, slurmctld, slurmd), started by the session fixture below; no mo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,7 +100,7 @@ def test_a_slurm_job_runs_the_nodes_and_fills_the_run_directory(slurm, tmp_path)
     assert "host process 1 of 2" in (out / "nodes" / "host1.log").read_text()
     assert list((out / "checkpoints").glob("*.safetensors"))
     status = byzctl("status", str(tmp_path), "--json", cwd=tmp_path)
-    row = next(r for r in __import__("json").loads(status.stdout) if r["path"] == "run")
+    row = next(r for r in json.loads(status.stdout) if r["path"] == "run")
     assert row["job"] == f"slurm {job['job_id']} COMPLETED" and row["state"] == "COMPLETED"
     assert squeue() == []
 
@@ -179,12 +180,18 @@ def test_a_killed_task_is_a_lost_node(slurm, tmp_path):
 @pytest.mark.slow
 def test_wait_false_returns_at_once_and_the_job_runs_the_monitor(slurm, tmp_path):
     """launcher.wait=false: exit 0 with the job id; the batch step runs the monitor and
-    records the run, which `byzctl status` follows."""
+    records the run, which `byzctl status` follows; CURVE with the keys given."""
+    keys = tmp_path / "keys"
+    assert byzctl("keys", "gen", str(keys), "--nodes", "4").returncode == 0
     out = tmp_path / "run"
-    proc = byzctl("run", "launcher=slurm", "launcher.wait=false", *RUN, f"hydra.run.dir={out}", cwd=tmp_path)
+    proc = byzctl("run", "launcher=slurm", "launcher.wait=false", "security=curve", f"security.keys={keys}", *RUN,
+                  f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = read(out / "run.json")["slurm"]["job_id"]
     assert f"SLURM job {job}" in proc.stdout and str(out) in proc.stdout
+    status = byzctl("status", str(tmp_path), "--json", cwd=tmp_path)
+    row = next(r for r in json.loads(status.stdout) if r["path"] == "run")
+    assert row["job"].startswith(f"slurm {job} "), row
     assert wait_for(lambda: read(out / "run.json").get("state") != "RUNNING", timeout=400), (out / "slurm" / f"job-{job}.out").read_text()
     info = read(out / "run.json")
     assert info["state"] == "COMPLETED", info
