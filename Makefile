@@ -5,17 +5,17 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-full lint bench clean
+.PHONY: help install run test test-full lint bench clean slurm slurm-stop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install byzctl (editable, with the dev, loggers, serve and browser extras)
+install: $(STAMP) ## create .venv and install byzctl (editable, with the dev, loggers, serve, browser, slurm and ray extras)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,loggers,serve,browser]'
+	$(PY) -m pip install --quiet -e '.[dev,loggers,serve,browser,slurm,ray]'
 	touch $(STAMP)
 
 run: install ## run the embedded default experiment (ARGS="topology=ps ..." adds overrides)
@@ -33,6 +33,14 @@ lint: install ## ruff and mypy
 
 bench: install ## aggregator benchmark against the torch.mean floor
 	$(VENV)/bin/byzctl bench aggregators
+
+SLURM_DIR ?= /tmp/byzctl-slurm
+slurm: install ## start a one-machine SLURM cluster (root; Debian slurm-wlm + munge) under SLURM_DIR
+	$(PY) tests/slurm_cluster.py start $(SLURM_DIR)
+	@echo "now: export SLURM_CONF=$(SLURM_DIR)/slurm.conf   (stop it with: make slurm-stop)"
+
+slurm-stop: ## stop the cluster `make slurm` started
+	$(PY) tests/slurm_cluster.py stop $(SLURM_DIR)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -98,7 +98,8 @@ INSPECT_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", 
 
 
 def cmd_run(rest: list[str]) -> int:
-    if not any(a.split("=")[0] in INSPECT_FLAGS for a in rest):
+    engine = any(a in ("launcher=slurm", "launcher=ray") for a in rest)  # its nodes run elsewhere
+    if not engine and not any(a.split("=")[0] in INSPECT_FLAGS for a in rest):
         from byzctl.launch.hosts import warm_up
 
         warm_up()  # the fork server imports torch while this process imports Hydra and composes

@@ -102,6 +102,23 @@ class Run:
         return str(self.info.get("reason") or self.summary.get("reason") or "")
 
     @property
+    def job(self) -> str:
+        """The scheduler's job of the run (`slurm 42 RUNNING`), asked live while it runs; '' if none."""
+        slurm = self.info.get("slurm")
+        if not isinstance(slurm, dict) or not slurm.get("job_id"):
+            return ""
+        state = slurm.get("state", "")
+        if self.info.get("state") == RunState.RUNNING:
+            import contextlib
+            import subprocess
+
+            from byzctl.launch.sbatch import job_state
+
+            with contextlib.suppress(OSError, subprocess.SubprocessError, ByzctlError):
+                state = job_state(str(slurm["job_id"]))
+        return f"slurm {slurm['job_id']} {state}".strip()
+
+    @property
     def started(self) -> float:
         """Start time (epoch seconds); run.json's mtime when the run never started."""
         t = self.info.get("started")
@@ -342,6 +359,7 @@ def status_rows(runs: list[Run], root: Path, now: float | None = None) -> list[d
             "test_loss": run.loss,
             "aggregator": "+".join([*run.preaggs, run.aggregator]),
             "attack": run.attack,
+            "job": run.job,
             "started": run.started,
             "ended": run.info.get("ended"),
             "age_seconds": round(now - run.started, 1),
@@ -372,12 +390,15 @@ def main(argv: list[str]) -> int:
     from rich.table import Table
 
     t = Table(title=f"runs under {root}", title_justify="left")
+    jobs = any(r["job"] for r in rows)  # a column only where some run is a scheduler's job
     for col, just in (("run", "left"), ("state", "left"), ("progress", "right"), ("accuracy", "right"), ("age", "right"), ("rule vs attack", "left")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    if jobs:
+        t.add_column("job", overflow="fold")
     for r in rows:
         total = "?" if r["rounds"] is None else r["rounds"]
         acc = "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
         state = f"[{STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]"
-        t.add_row(r["path"], state, f"{r['rounds_done']}/{total}", acc, r["age"], f"{r['aggregator']} vs {r['attack']}")
+        t.add_row(r["path"], state, f"{r['rounds_done']}/{total}", acc, r["age"], f"{r['aggregator']} vs {r['attack']}", *([r["job"]] if jobs else []))
     Console().print(t)
     return 0

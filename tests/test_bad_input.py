@@ -80,7 +80,7 @@ RUN_CASES = [
     pytest.param(["topology=nope"], "topology/nope", id="unknown topology", marks=slow),
     pytest.param(["device=tpu"], "device/tpu", id="unknown device", marks=slow),
     pytest.param(["graph=nope"], "graph/nope", id="unknown graph", marks=slow),
-    pytest.param(["launcher=cloud"], "'cloud'", id="unknown launcher", marks=slow),
+    pytest.param(["launcher=cloud"], "'launcher/cloud'", id="unknown launcher", marks=slow),
     pytest.param(["dataset.partition=zipf"], "'zipf'", id="unknown partition", marks=slow),
     pytest.param(["attack.knowledge=psychic"], "'psychic'", id="unknown knowledge", marks=slow),
     pytest.param(["topology.transport=udp"], "'udp'", id="unknown transport", marks=slow),

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from byzctl.aggregators.base import Aggregator
 from byzctl.attacks.base import Attack
 from byzctl.config.build import build
-from byzctl.config.schema import LauncherKind, Security, SecurityKind
+from byzctl.config.launchers import Launcher, LauncherKind, launcher_kind
+from byzctl.config.schema import Security, SecurityKind
 from byzctl.data.base import Dataset
 from byzctl.errors import ByzctlError, ConfigError
 from byzctl.loggers.base import Logger
@@ -65,6 +66,12 @@ class Experiment:
     security: Security
     logger: Logger
     """Where the launcher also sends metrics.jsonl rows (none, tensorboard, mlflow)."""
+    launcher: Launcher
+    """Where the node processes come from (local, remote, slurm, ray)."""
+    bind_host: str | None = None
+    """Set in a host process a scheduler started (a SLURM task, a Ray actor; not config):
+    the address of its machine its nodes listen on (any free port), in place of
+    topology.host, and report to the monitor."""
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig, *, placed: bool = True) -> Experiment:
@@ -77,11 +84,12 @@ class Experiment:
         graph = build(cfg.graph, "graph") if "graph" in cfg else Graph()
         security = build(cfg.security, "security") if "security" in cfg else Security()
         logger = build(cfg.logger, "logger") if "logger" in cfg else NoLogger()
+        launcher = build(cfg.launcher, "launcher") if isinstance(cfg.get("launcher"), DictConfig) else Launcher(name=launcher_kind(cfg.get("launcher")))
         exp = cls(
             cfg=cfg, topology=parts["topology"], aggregator=parts["aggregator"], preaggs=preaggs,
             attack=parts["attack"], dataset=parts["dataset"], model=parts["model"],
             device=parts["device"].resolve(), honest=int(cfg.nodes.honest), byzantine=int(cfg.nodes.byzantine),
-            graph=graph, security=security, logger=logger,
+            graph=graph, security=security, logger=logger, launcher=launcher,
         )
         exp.check(placed=placed)
         return exp
@@ -111,6 +119,8 @@ class Experiment:
         """The nodes the launcher on this host starts: all of them, or with launcher=remote
         the ones `local_nodes` lists, else those the cluster file places on this host."""
         ids = [s.id for s in self.plan()]
+        if self.launcher.name.engine:
+            return []  # SLURM or Ray starts them, elsewhere
         if not self.remote:
             return ids
         chosen = self.cfg.get("local_nodes")
@@ -125,7 +135,7 @@ class Experiment:
 
     @property
     def remote(self) -> bool:
-        return LauncherKind(self.cfg.get("launcher", "local")) is LauncherKind.remote
+        return LauncherKind(self.launcher.name) is LauncherKind.remote
 
     @property
     def decentralized(self) -> bool:
@@ -146,6 +156,9 @@ class Experiment:
             return
         if self.remote and not self.cfg.get("cluster"):
             raise ConfigError("launcher=remote needs cluster=<file> placing the nodes on hosts")
+        if self.launcher.name.engine and self.cfg.get("cluster"):
+            raise ConfigError(f"launcher={self.launcher.name.value} places the nodes itself; it takes no cluster file "
+                              f"(cluster={self.cfg.get('cluster')})")
         _ = self.cluster  # parse the cluster file and check it against the plan now
         self.check_listeners()
         self.check_security()

@@ -21,6 +21,7 @@ from omegaconf import MISSING
 
 from byzctl.aggregators.base import Aggregator
 from byzctl.attacks.base import Attack
+from byzctl.config.launchers import LAUNCHERS, LauncherKind  # noqa: F401 - LauncherKind: its home until issue 14
 from byzctl.data.base import Dataset
 from byzctl.learning.trainer import MomentumInit
 from byzctl.loggers.base import Logger
@@ -56,13 +57,6 @@ class Device:
         if self.name == DeviceKind.auto:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return str(self.name.value)
-
-
-class LauncherKind(str, Enum):
-    local = "local"
-    """Spawn every node on this machine."""
-    remote = "remote"
-    """Start the monitor and the nodes the cluster file places here; wait for the others."""
 
 
 class SecurityKind(str, Enum):
@@ -143,8 +137,9 @@ class Config:
     """How many checkpoints to keep; older ones are pruned."""
     resume: str | None = None
     """Continue the run in this directory from its last checkpoint (its config.yaml is used)."""
-    launcher: LauncherKind = LauncherKind.local
-    """local: spawn every node here; remote: nodes join from other hosts (needs cluster)."""
+    launcher: Any = MISSING
+    """local: spawn every node here; remote: nodes join from other hosts (needs cluster);
+    slurm: one SLURM job runs them; ray: Ray actors run them (config/launchers.py)."""
     cluster: str | None = None
     """Path of a cluster file (YAML or JSON) placing nodes on hosts and ports."""
     local_nodes: list[int] | None = None
@@ -245,6 +240,8 @@ def register() -> None:
     cs.store(group="schema/device", name="device", node=Device)
     cs.store(group="schema/graph", name="graph", node=Graph)
     cs.store(group="schema/security", name="security", node=Security)
+    for kind, cls in LAUNCHERS.items():
+        cs.store(group="schema/launcher", name=kind.value, node=cls)
     builtin = _builtin_option_files()
     for group in list(GROUPS):
         for name, cls in options(group).items():

@@ -8,6 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,7 +32,6 @@ def run(cfg: DictConfig) -> float | None:
     from byzctl.errors import ByzctlError
     from byzctl.launch import preflight
     from byzctl.launch.hosts import warm_up
-    from byzctl.launch.local import LocalLauncher
     from byzctl.launch.rundir import RunDir
 
     global STARTED
@@ -45,6 +45,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         if resume:
             out, cfg = _resume_target(Path(resume))
+        _engine_keys(cfg, out)
         exp = Experiment.from_cfg(cfg)
         if exp.local_nodes():
             warm_up()  # the fork server's imports overlap the checks below
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> float | None:
         preflight.warm(exp)
         # LocalLauncher.run records and returns whatever ends a started run; a ByzctlError
         # escaping it means nothing started (the monitor could not bind).
-        summary = LocalLauncher(exp, RunDir(out), console, resume=bool(resume)).run()
+        summary = _launch(exp, out, console, bool(resume))
     except ByzctlError as exc:
         # Recorded in this invocation's own directory, unless that is the run a refused
         # resume names (`byzctl run resume=DIR` runs in DIR): that run stays as it was,
@@ -76,8 +77,12 @@ def run(cfg: DictConfig) -> float | None:
             traceback.print_exc()
         print(f"byzctl run: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    acc = summary.get("test_accuracy")
     state = summary["state"]
+    if state is RunState.RUNNING:  # launcher.wait=false: submitted; the job records the run
+        console.print(f"submitted: SLURM job {summary['job_id']}; `byzctl status {out.parent}` follows it")
+        console.print(f"run files: {out}")
+        return None
+    acc = summary.get("test_accuracy")
     figures = f"test accuracy {acc:.4f}, loss {summary['test_loss']:.4f}" if acc is not None else "no evaluation"
     console.print(f"[bold]{state}[/bold] after {summary['rounds_completed']} rounds in {summary['wall_seconds']:.1f}s: {figures}")
     if summary.get("reason"):
@@ -86,6 +91,43 @@ def run(cfg: DictConfig) -> float | None:
     if state is not RunState.COMPLETED and not multirun:
         sys.exit(state.exit_code)
     return acc
+
+
+def _launch(exp: Any, out: Path, console: Any, resume: bool) -> dict[str, Any]:
+    """Start the run with its launcher (config/launchers.py); the summary of how it ended."""
+    from byzctl.config.launchers import LauncherKind, MonitorPlace
+    from byzctl.launch.local import LocalLauncher
+    from byzctl.launch.rundir import RunDir
+
+    kind = exp.launcher.name
+    if kind is LauncherKind.slurm:
+        from byzctl.launch import slurm
+
+        slurm.check(exp, exp.launcher, out.resolve())
+        if exp.launcher.monitor is MonitorPlace.job:
+            return slurm.submit_only(exp, RunDir(out), console, resume=resume)
+        return slurm.SlurmRun(exp, RunDir(out), console, resume=resume).run()
+    if kind is LauncherKind.ray:
+        from byzctl.launch.ray import RayRun
+
+        return RayRun(exp, RunDir(out), console, resume=resume).run()
+    return LocalLauncher(exp, RunDir(out), console, resume=resume).run()
+
+
+def _engine_keys(cfg: DictConfig, out: Path) -> None:
+    """security=curve without security.keys under SLURM or Ray: key pairs for every node
+    and the monitor, generated into the run directory (`keys/`, secrets mode 600), which
+    the run then uses."""
+    from byzctl.config.launchers import launcher_kind
+
+    security = cfg.get("security")
+    if not launcher_kind(cfg.get("launcher")).engine or security is None or security.get("name") != "curve" or security.get("keys"):
+        return
+    from byzctl.transport.keys import generate
+
+    folder = out / "keys"
+    generate(folder, int(cfg.nodes.honest) + int(cfg.nodes.byzantine) + 1, force=True)
+    cfg.security.keys = str(folder.resolve())
 
 
 def _completed_before(out: Path, config_hash: str) -> dict | None:

@@ -92,9 +92,8 @@ class LocalLauncher:
         cluster = exp.cluster
         # A monitor that cannot bind raises here, before anything started or was recorded:
         # the caller reports it like a failed check (launch/app.py).
-        # One machine: the control socket is a unix socket in a private (0700) directory,
-        # out of other local users' reach; with a cluster file, TCP where it says.
-        monitor = Monitor(exp, self.run_id, rundir, bind=cluster.monitor.bind if cluster else f"ipc://{private_ipc_dir()}/monitor")
+        # With a cluster file, TCP where it says; else where `monitor_bind` says.
+        monitor = Monitor(exp, self.run_id, rundir, bind=cluster.monitor.bind if cluster else self.monitor_bind())
         self.control = cluster.monitor.advertised if cluster else monitor.endpoint
         old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.monotonic()
@@ -110,11 +109,11 @@ class LocalLauncher:
                 resolved = write_resolved(exp.cfg, rundir)
                 rundir.start(run_id=self.run_id, config_hash=exp.hash, topology=exp.topology.name,
                              launcher_pid=os.getpid(), host=socket.gethostname(),
-                             launcher="remote" if exp.remote else "local", control=self.control,
+                             launcher=exp.launcher.name.value, control=self.control,
                              nodes=[{"id": s.id, "role": s.role.value, "byzantine": s.byzantine} for s in exp.plan()])
             self._open_logger()
-            spawned = time.monotonic()
             self.spawn(monitor, resolved)
+            spawned = time.monotonic()  # a scheduler's spawn returns once its job runs: joins are timed from there
             rundir.update(pids={str(i): p.pid for i, p in self.procs.items()})
             monitor.pids = {i: p.pid for i, p in self.procs.items()}
             self._supervise(monitor, spawned)
@@ -230,10 +229,19 @@ class LocalLauncher:
         with contextlib.suppress(Exception):
             monitor.stop_all(self.reason, self.state, checkpoint=True)
             deadline = time.monotonic() + CHECKPOINT_GRACE_S
-            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+            while time.monotonic() < deadline and self.stopping(monitor):
                 monitor.poll(50)
             monitor.drain()
             monitor.flush_checkpoint()
+
+    def monitor_bind(self) -> str:
+        """Where the monitor listens without a cluster file: one machine, so a unix socket in
+        a private (0700) directory, out of other local users' reach."""
+        return f"ipc://{private_ipc_dir()}/monitor"
+
+    def stopping(self, monitor: Monitor) -> bool:
+        """While interrupted: whether nodes may still send their state (a child runs)."""
+        return any(p.poll() is None for p in self.procs.values())
 
     def fatal(self, monitor: Monitor, codes: dict[int, int | None]) -> str:
         """Why the run cannot go on, or '' if it can: a node failed before the run began,

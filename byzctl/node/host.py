@@ -63,15 +63,7 @@ def host_main(args: HostArgs) -> None:
     os.setsid()
     _release_fork_server()
     node_main.die_with_parent()
-    fd = os.open(args.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.close(null)
-    for stream in (sys.stdout, sys.stderr):  # the fork server's streams: lines reach the log as written
-        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    output_to(args.log_path)
     exp = Experiment.from_cfg(load_resolved(args.resolved, "--resolved"))
     if len(args.nodes) == 1:
         code = node_main.run_node(exp, args.nodes[0], args.control, args.run_id, run_dir=args.run_dir, launcher_pid=args.launcher_pid)
@@ -83,6 +75,19 @@ def host_main(args: HostArgs) -> None:
             os._exit(exc.code if isinstance(exc.code, int) else 1)
     logging.shutdown()
     sys.exit(code)
+
+
+def output_to(log_path: str) -> None:
+    """This process's stdout and stderr into `log_path` (appended), stdin from /dev/null."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    for stream in (sys.stdout, sys.stderr):  # inherited streams: lines reach the log as written
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
 def _release_fork_server() -> None:

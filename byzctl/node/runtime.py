@@ -139,13 +139,16 @@ class NodeRuntime:
 
     def bind_here(self, sock: zmq.Socket) -> str:
         """Bind where this node lives and return the endpoint others dial: the cluster
-        file's place, else tcp on the topology's host (any free port) or a private ipc path."""
+        file's place, else (a SLURM task, a Ray actor) tcp on its machine's address, else tcp
+        on the topology's host (any free port) or a private ipc path."""
         if self.ring is not None:
             curve.secure_server(sock, self.ring, self.spec.id)
         place = self.exp.place(self.spec.id)
         if place is not None:
             sockets.bind(sock, place.bind)
             return place.advertised
+        if self.exp.bind_host:  # started by SLURM or Ray: this machine's address, any free port
+            return sockets.bind(sock, f"tcp://{self.exp.bind_host}:*")
         if self.topo.transport.value == "ipc":
             return sockets.bind(sock, f"ipc://{sockets.private_ipc_dir()}/n{self.spec.id}")
         return sockets.bind(sock, f"tcp://{self.topo.host}:*")
