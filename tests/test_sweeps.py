@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
-from conftest import byzctl, read
+from conftest import SMALL, byzctl, read
 
 from byzctl.jsonio import write_json
 from byzctl.launch.app import _completed_before
@@ -32,3 +37,21 @@ def test_parallel_sweep_then_rerun_skips_completed_jobs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("already completed") + proc.stdout.count("already completed") == 2
     assert read(sweep / "2" / "summary.json")["aggregator"] == "cw_trimmed_mean"
+
+
+def test_ctrl_c_stops_the_whole_sweep_after_recording_its_job(tmp_path):
+    """Ctrl-C in a sweep interrupts the running job (INTERRUPTED, checkpoint) and ends the
+    sweep with 130: the next job never starts."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "byzctl", "run", "-m", *SMALL, "rounds=100000", "aggregator=mean,cw_median", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = sweep / "0" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 130, out
+    assert read(sweep / "0" / "run.json")["state"] == "INTERRUPTED"
+    assert not (sweep / "1").exists(), "the sweep went on to its next job"
+    assert "sweep interrupted at job 0" in out

@@ -88,6 +88,9 @@ def run(cfg: DictConfig) -> float | None:
     if summary.get("reason"):
         console.print(f"reason: {summary['reason']}")
     console.print(f"run files: {out}")
+    if state is RunState.INTERRUPTED and multirun:  # Ctrl-C stops the sweep, not only its job
+        console.print(f"sweep interrupted at job {hc.job.num}; run it again into the same hydra.sweep.dir to skip what completed")
+        sys.exit(state.exit_code)
     if state is not RunState.COMPLETED and not multirun:
         sys.exit(state.exit_code)
     return acc
