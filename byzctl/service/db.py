@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from byzctl.errors import ConfigError
@@ -127,7 +128,7 @@ def setting(engine: Engine, name: str, make: Any) -> str:
             db.add(row)
             try:
                 db.commit()
-            except Exception:  # another process created it first
+            except IntegrityError:  # another process created it first
                 db.rollback()
                 row = db.get(Setting, name)
                 assert row is not None
