@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from byzctl.errors import ByzctlError
+from byzctl.procs import pid_alive
 from byzctl.states import RunState
 
 SKIP_DIRS = {".hydra", "nodes", "checkpoints", "__pycache__"}
@@ -273,22 +274,6 @@ def find_runs(root: Path) -> list[Run]:
             found.append(Run.read(Path(dirpath)))
             dirnames[:] = []  # a run directory holds no other run
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:  # a killed process its parent has not reaped yet is a zombie: gone all the same
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _read_json(path: Path) -> Any:

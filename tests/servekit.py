@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,20 @@ class Service:
         for run_json in (self.root / "outputs").glob("sessions/*/run.json"):
             with contextlib.suppress(OSError, ValueError, ProcessLookupError, TypeError):
                 os.killpg(int(json.loads(run_json.read_text())["launcher_pid"]), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def running(root: Path, agents: tuple[str, ...] = ("a1", "a2", "a3")) -> Iterator[Service]:
+    """A started service with `agents` registered, closed (every process it started
+    stopped) on the way out."""
+    svc = Service(root)
+    try:
+        svc.start()
+        for name in agents:
+            svc.agent(name)
+        yield svc
+    finally:
+        svc.close()
 
 
 def start_session(client: httpx.Client, csv: Path | None, overrides: list[str]) -> httpx.Response:

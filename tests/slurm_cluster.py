@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from byzctl.procs import pid_alive
+
 DAEMONS = ("slurmd", "slurmctld", "munged")
 """In the order `stop` ends them."""
 CPUS = 16
@@ -141,21 +143,13 @@ def stop(root: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             (root / f"{name}.pid").unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

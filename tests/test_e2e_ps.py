@@ -10,13 +10,7 @@ from pathlib import Path
 
 from conftest import SMALL, read, run_dir
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from byzctl.procs import pid_alive
 
 
 def test_default_experiment_shrunk_writes_a_complete_run_directory(tmp_path):
@@ -65,13 +59,13 @@ def _start(tmp_path: Path, *overrides: str) -> tuple[subprocess.Popen[str], Path
 def test_ctrl_c_reaps_every_child_and_records_interrupted(tmp_path):
     proc, out = _start(tmp_path)
     pids = [int(p) for p in read(out / "run.json")["pids"].values()]
-    assert all(_alive(p) for p in pids)
+    assert all(pid_alive(p) for p in pids)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     assert proc.returncode == 130
     assert read(out / "run.json")["state"] == "INTERRUPTED"
     assert read(out / "summary.json")["state"] == "INTERRUPTED"
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if pid_alive(p)]
 
 
 

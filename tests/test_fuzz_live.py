@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from test_hostile_live import _counted_drops
 from test_wire_fuzz import JUNK, hostile
 
+from byzctl.procs import pid_alive
 from byzctl.transport.wire import FRAME_BYTES, KINDS, PROTOCOL_VERSION
 
 RUN = ["rounds=100000", "eval_every=5", "model.hidden=[16]", "topology.join_timeout=120", "topology.quorum_deadline=0.5"]
@@ -50,14 +51,6 @@ class ServerDied(AssertionError):
 
 class KnownDecodeCrash(ServerDied):
     """The server died of a known decode bug (see the xfail reason)."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _rss(pid: int) -> int:
@@ -258,7 +251,7 @@ def test_live_server_survives_10000_hostile_messages(tmp_path):
 
         def check() -> None:
             nonlocal peak
-            if not death and not _alive(server):
+            if not death and not pid_alive(server):
                 tail = server_log.read_text()[-3000:]
                 death.append((KnownDecodeCrash if _known_crash(tail) else ServerDied)(f"server died after {sent} messages:\n{tail}"))
             if death:
@@ -324,7 +317,7 @@ def test_live_server_survives_10000_hostile_messages(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 130, (tmp_path / "launcher.out").read_text()
         assert read(out / "run.json")["state"] == "INTERRUPTED"
-        assert not [p for p in pids if _alive(p)]
+        assert not [p for p in pids if pid_alive(p)]
     finally:
         for s in socks:
             s.close(linger=0)
@@ -337,7 +330,7 @@ def test_live_server_survives_10000_hostile_messages(tmp_path):
                 proc.kill()
                 proc.wait()
         for p in map(int, (read(out / "run.json").get("pids") or {}).values()) if (out / "run.json").exists() else []:
-            if _alive(p):
+            if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
 
 

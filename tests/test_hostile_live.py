@@ -29,8 +29,8 @@ import msgpack
 import pytest
 import zmq
 from conftest import read
-from test_e2e_ps import _alive
 
+from byzctl.procs import pid_alive
 from byzctl.transport.wire import PROTOCOL_VERSION
 
 BASE = ["model.hidden=[16]", "topology.join_timeout=120"]
@@ -96,7 +96,7 @@ class Live:
                 self.proc.wait()
         pids = (read(self.out / "run.json").get("pids") or {}) if (self.out / "run.json").exists() else {}
         for p in map(int, pids.values()):
-            if _alive(p):
+            if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
 
     def completed(self) -> dict[str, Any]:
@@ -268,7 +268,7 @@ def test_the_fuzz_sequence_and_the_libzmq_abort_trigger_do_not_kill_the_server(t
         sender.close(linger=0)  # disconnect with the refusals still unread
         for _ in range(8):
             abort_trigger(endpoint)
-            assert _alive(server), run.log(0).read_text()[-2000:]
+            assert pid_alive(server), run.log(0).read_text()[-2000:]
         run.completed()
         assert "Assertion failed" not in run.log(0).read_text()
     finally:
@@ -309,7 +309,7 @@ def test_random_bytes_cost_a_few_bounded_log_lines(tmp_path, ctx, topology, node
         for frames in _random_messages(1000):
             s.send_multipart(frames)
         time.sleep(8)  # the rate limiter's summary lines come every 5 s
-        assert _alive(run.pid(node))
+        assert pid_alive(run.pid(node))
         grown = log.read_bytes()[before:].decode("utf-8", "replace")
         lines = grown.splitlines()
         print(f"{topology}: +{len(grown)} bytes, {len(lines)} lines, longest {max(map(len, lines), default=0)}")

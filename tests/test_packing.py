@@ -15,11 +15,12 @@ import pytest
 import torch
 import yaml
 from conftest import byzctl, read, run_dir
-from test_e2e_ps import _alive, _start
+from test_e2e_ps import _start
 from test_remote import free_ports
 
 from byzctl.errors import ConfigError
 from byzctl.launch.checkpoints import latest_checkpoint, read_checkpoint
+from byzctl.procs import pid_alive
 from byzctl.topology.base import NodeSpec, Role
 from byzctl.topology.packing import pack
 from byzctl.transport.keys import main as keys_main
@@ -248,9 +249,9 @@ def test_a_killed_launcher_takes_its_packed_hosts_and_fork_server_with_it(tmp_pa
     live.kill()
     live.wait()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_alive(p) for p in hosts):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in hosts):
         time.sleep(0.2)
-    assert not [p for p in hosts if _alive(p)], "host processes outlived the launcher"
+    assert not [p for p in hosts if pid_alive(p)], "host processes outlived the launcher"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and read(out / "run.json")["state"] != "FAILED":
         time.sleep(0.2)

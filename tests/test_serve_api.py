@@ -16,21 +16,15 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from servekit import SMALL, Service, make_csv, start_session
+from servekit import SMALL, make_csv, running, start_session
 
 pytest.importorskip("fastapi")
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("serve"))
-    try:
-        svc.start()
-        for name in ("a1", "a2", "a3"):
-            svc.agent(name)
+    with running(tmp_path_factory.mktemp("serve")) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from servekit import PASSWORD, SMALL, Service, make_csv
+from servekit import PASSWORD, SMALL, make_csv, running
 
 pytest.importorskip("fastapi")
 
@@ -32,14 +32,8 @@ def browser():
 
 @pytest.fixture
 def service(tmp_path):
-    svc = Service(tmp_path)
-    try:
-        svc.start()
-        for name in ("a1", "a2", "a3"):
-            svc.agent(name)
+    with running(tmp_path) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def test_sign_in_start_a_session_see_it_complete_with_its_curve_then_stop_one(service, browser, tmp_path):

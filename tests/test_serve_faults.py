@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from servekit import SMALL, Service, make_csv, start_session
+from servekit import SMALL, Service, make_csv, running, start_session
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow
@@ -24,14 +24,8 @@ LONG = [*SMALL, "rounds=80", "eval_every=2", "topology.peer_timeout=4", "topolog
 
 @pytest.fixture
 def service(tmp_path):
-    svc = Service(tmp_path)
-    try:
-        svc.start()
-        for name in ("a1", "a2", "a3"):
-            svc.agent(name)
+    with running(tmp_path) as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def wait_rounds(service: Service, client, sid: str, rounds: int, timeout: float = 120) -> dict:

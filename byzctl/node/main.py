@@ -23,6 +23,7 @@ from byzctl.node.ps import PsServer, PsWorker
 from byzctl.node.relay import HubRelay
 from byzctl.node.runtime import CoordinatorLost, NodeRuntime
 from byzctl.node.shards import load_shard
+from byzctl.procs import pid_alive
 from byzctl.states import RunState
 from byzctl.topology.base import NodeSpec, Role
 
@@ -74,18 +75,9 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a killed launcher may linger as a zombie, still our parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def orphaned(parent: int, run_dir: str | None, node_ids: list[int]) -> None:
     """If the launcher died, record it in run.json (its `finally` never ran)."""
-    if not run_dir or _alive(parent):
+    if not run_dir or pid_alive(parent):
         return
     path = Path(run_dir) / "run.json"
     with contextlib.suppress(OSError, ValueError):

@@ -36,6 +36,7 @@ from sqlmodel import Session, col, select
 
 from byzctl.errors import ConfigError
 from byzctl.jsonio import read_json
+from byzctl.procs import byzctl_alive
 from byzctl.service.db import Agent, TrainingSession, new_session_id
 from byzctl.states import AgentState, RunState
 
@@ -143,20 +144,6 @@ def free_port(host: str, ports: tuple[int, int] = PORTS, taken: set[int] | None 
             s.bind((host, port))
             return port
     raise ConfigError(f"no free port in {lo}-{hi} on {host} (byzctl serve --ports)")
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether `pid` runs and is a byzctl process (not a zombie, not a reused pid)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"byzctl" in fh.read()
-    except OSError:
-        return False
 
 
 class Sessions:
@@ -294,7 +281,7 @@ class Sessions:
     # -- stop and resume ----------------------------------------------------------------
     def stop(self, row: TrainingSession) -> None:
         """Ctrl-C semantics: the launcher checkpoints, stops the nodes, records INTERRUPTED."""
-        if row.state is not RunState.RUNNING or not pid_alive(row.pid):
+        if row.state is not RunState.RUNNING or not byzctl_alive(row.pid):
             raise ConfigError(f"session {row.id} is {row.state}, not running: nothing to stop")
         assert row.pid is not None
         os.kill(row.pid, signal.SIGINT)
@@ -335,7 +322,7 @@ class Sessions:
             db.execute(update(Agent).where(col(Agent.state) != AgentState.LOST).values(last_seen=time.time()))
             db.commit()
             for row in db.exec(select(TrainingSession).where(TrainingSession.state == RunState.RUNNING)).all():
-                if pid_alive(row.pid):
+                if byzctl_alive(row.pid):
                     log.info("session %s: re-attached to its run (pid %s)", row.id, row.pid)
                     continue
                 self._finish(db, row, gone=f"byzctl serve stopped while the session ran, and its run process (pid {row.pid}) is gone",
@@ -354,7 +341,7 @@ class Sessions:
                 if row.pid is None:
                     continue  # being started (`start` holds it); recover() ends one a crash left so
                 proc = self.procs.get(row.id)
-                alive = proc.poll() is None if proc is not None and proc.pid == row.pid else pid_alive(row.pid)
+                alive = proc.poll() is None if proc is not None and proc.pid == row.pid else byzctl_alive(row.pid)
                 if alive:
                     done = progress(Path(row.run_dir))["rounds_done"]
                     if done != row.rounds_done:
