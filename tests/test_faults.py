@@ -8,7 +8,9 @@ import signal
 import time
 
 from conftest import read
-from test_e2e_ps import _alive, _start
+from test_e2e_ps import _start
+
+from byzctl.procs import pid_alive
 
 
 def wait_for(pred, timeout=120.0, every=0.2):
@@ -33,7 +35,7 @@ def test_killed_and_hung_workers_are_lost_and_the_run_completes(tmp_path):
     try:
         assert proc.wait(timeout=240) == 0, proc.stdout.read() if proc.stdout else ""
     finally:
-        if _alive(pids[5]):
+        if pid_alive(pids[5]):
             os.kill(pids[5], signal.SIGKILL)
     summary = read(out / "summary.json")
     assert summary["state"] == "COMPLETED" and summary["rounds_completed"] == 150
@@ -42,7 +44,7 @@ def test_killed_and_hung_workers_are_lost_and_the_run_completes(tmp_path):
     assert "exited with code -9" in lost[3] and "no heartbeat" in lost[5]
     assert "lost" in (out / "nodes" / "3.log").read_text()
     assert "was lost" in (out / "nodes" / "0.log").read_text()
-    assert not [p for p in pids.values() if _alive(p)]
+    assert not [p for p in pids.values() if pid_alive(p)]
 
 
 def test_killed_peer_in_a_decentralized_run(tmp_path):
@@ -63,7 +65,7 @@ def test_the_server_dying_fails_the_run_with_its_reason(tmp_path):
     proc.wait(timeout=60)
     run = read(out / "run.json")
     assert run["state"] == "FAILED" and "node 0 (server)" in run["reason"]
-    assert not [p for p in map(int, pids.values()) if _alive(p)]
+    assert not [p for p in map(int, pids.values()) if pid_alive(p)]
 
 
 def test_the_launcher_dying_leaves_no_orphans(tmp_path):
@@ -71,6 +73,6 @@ def test_the_launcher_dying_leaves_no_orphans(tmp_path):
     pids = [int(p) for p in read(out / "run.json")["pids"].values()]
     proc.kill()  # SIGKILL: no chance to clean up; the children must notice on their own
     proc.wait()
-    assert wait_for(lambda: not [p for p in pids if _alive(p)], timeout=30), [p for p in pids if _alive(p)]
+    assert wait_for(lambda: not [p for p in pids if pid_alive(p)], timeout=30), [p for p in pids if pid_alive(p)]
     assert wait_for(lambda: read(out / "run.json")["state"] == "FAILED", timeout=10)
     assert "launcher" in read(out / "run.json")["reason"]
