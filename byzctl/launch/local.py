@@ -26,7 +26,7 @@ from byzctl.config.experiment import Experiment
 from byzctl.errors import ByzctlError, ConfigError, PeerError
 from byzctl.launch.hosts import Host, start_host
 from byzctl.launch.monitor import Monitor, NodeStatus
-from byzctl.launch.rundir import RunDir, read_json
+from byzctl.launch.rundir import RunDir, host_log, read_json
 from byzctl.loggers import RunContext, headline
 from byzctl.states import RunState
 from byzctl.topology.base import Role
@@ -78,8 +78,7 @@ class LocalLauncher:
         """Start this host's nodes in host processes forked from the preloaded server,
         packed as `processes=` says (topology/packing.py)."""
         for group in self.exp.hosts():
-            log_path = self.rundir.node_log(group[0]) if len(group) == 1 else self.rundir.path / "nodes" / f"host{group[0]}.log"
-            host = start_host(group, self.control, self.run_id, resolved, log_path)
+            host = start_host(group, self.control, self.run_id, resolved, host_log(self.rundir.path, group))
             for node_id in group:
                 self.procs[node_id] = host
 

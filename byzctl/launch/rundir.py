@@ -23,6 +23,13 @@ log = logging.getLogger("byzctl")
 __all__ = ["RunDir", "read_json", "write_json"]
 
 
+def host_log(run_dir: Path | str, group: list[int]) -> Path:
+    """The log of the host process carrying `group`: the node's own `nodes/<id>.log`
+    for one node, `nodes/host<first id>.log` for many (each node then keeps its own too)."""
+    name = f"{group[0]}.log" if len(group) == 1 else f"host{group[0]}.log"
+    return Path(run_dir) / "nodes" / name
+
+
 class RunDir:
     """One run's files. States: RUNNING, COMPLETED, FAILED, INTERRUPTED."""
 

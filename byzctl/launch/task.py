@@ -66,9 +66,9 @@ def route_address(endpoint: str) -> str:
 def log_path(spec: TaskSpec, rank: int) -> str:
     """The run directory's log of this host process (`nodes/<id>.log`, or
     `nodes/host<first id>.log` for a host of many nodes, as the local launcher names them)."""
-    group = spec.hosts[rank]
-    name = f"{group[0]}.log" if len(group) == 1 else f"host{group[0]}.log"
-    return str(Path(spec.run_dir) / "nodes" / name)
+    from byzctl.launch.rundir import host_log
+
+    return str(host_log(spec.run_dir, spec.hosts[rank]))
 
 
 def serve(spec: TaskSpec, rank: int, *, resolved: str | None = None, log_file: str | None = None) -> int:
