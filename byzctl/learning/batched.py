@@ -8,6 +8,7 @@ every member asked (or BATCH_WAIT_S passed), one of them computes them all.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -51,6 +52,10 @@ class GradientBatcher:
     """The honest nodes of one host process, computing their gradients together."""
 
     def __init__(self) -> None:
+        self._structure: nn.Module | None = None
+        """A private copy of the run's model, whose structure every batched call borrows:
+        `functional_call` swaps a module's parameters for the call's duration, so the
+        module must not be a node's own, which its pool thread may be evaluating."""
         self.members: set[int] = set()
         self.cond = threading.Condition()
         self.pending: dict[int, tuple[HonestLearner, Tensor, int]] = {}
@@ -92,7 +97,9 @@ class GradientBatcher:
         for group in groups.values():
             try:
                 params = torch.stack([params.to(learner.device) for _, learner, params, _, _ in group])  # (k, d)
-                grads, losses = batched_gradients(group[0][1].model, params, torch.stack([g[3] for g in group]),
+                if self._structure is None:
+                    self._structure = copy.deepcopy(group[0][1].model)
+                grads, losses = batched_gradients(self._structure, params, torch.stack([g[3] for g in group]),
                                                   torch.stack([g[4] for g in group]))
                 for i, (node, *_rest) in enumerate(group):
                     self.results[node] = (grads[i].detach(), float(losses[i]))

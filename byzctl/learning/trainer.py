@@ -7,6 +7,7 @@ The first momentum has two forms in the literature (`MomentumInit`).
 
 from __future__ import annotations
 
+import threading
 from enum import Enum
 
 import torch
@@ -30,10 +31,19 @@ class MomentumInit(str, Enum):
     and Farhadkhani et al., "Byzantine machine learning made easy", ICML 2022."""
 
 
+_INIT = threading.Lock()
+"""Held while a model draws its initial weights from torch's global generator: the nodes
+of a host process build theirs on their own threads, and two builds interleaving their
+draws gave both nodes other weights than the seed's (found as packed decentralized runs
+that differed from one process per node, once set-up had become fast enough to overlap)."""
+
+
 def make_model(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, seed: int, device: str) -> nn.Module:
     """The run's model, identically initialised on every node for a given seed."""
-    torch.manual_seed(seed)
-    return model.build(input_shape, num_classes).to(device)
+    with _INIT:
+        torch.manual_seed(seed)
+        built = model.build(input_shape, num_classes)
+    return built.to(device)
 
 
 def flat_params(model: nn.Module) -> Tensor:
