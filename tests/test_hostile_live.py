@@ -255,7 +255,7 @@ def test_the_fuzz_sequence_and_the_libzmq_abort_trigger_do_not_kill_the_server(t
     """Issue 17 point 14: the ps server died in libzmq (exit -6) under a live fuzz. Replay
     that sequence from one DEALER that never reads and then disconnects, then the minimal
     trigger a few times; the server must stay up and finish the run."""
-    run = Live(tmp_path, "rounds=250", "eval_every=50")
+    run = Live(tmp_path, "rounds=3000", "eval_every=500")  # outlasts the fuzz replay and the triggers
     try:
         run.wait_rows()
         info, server = run.info, run.pid(0)
@@ -388,3 +388,52 @@ def test_on_ipc_the_monitor_hears_a_node_only_from_the_process_started_for_it(tm
         finally:
             ctx.destroy(linger=0)
             mon.close()
+
+
+def test_a_host_process_beats_for_its_own_nodes_only(tmp_path):
+    """A host process of many nodes sends one `heartbeats` for them under its leader's
+    routing id (node/cohost.py). The monitor takes the beats of that host's nodes, drops a
+    beat for a node of another host or from a node that leads no host, and beats the host
+    once for all its nodes."""
+    from byzctl.config.compose import compose
+    from byzctl.config.experiment import Experiment
+    from byzctl.launch.monitor import Monitor
+    from byzctl.launch.rundir import RunDir
+    from byzctl.node.cohost import host_identity
+    from byzctl.transport.sockets import private_ipc_dir
+    from byzctl.transport.wire import decode
+
+    exp = Experiment.from_cfg(compose(["model.hidden=[16]"]))  # ps: server 0, workers 1-5
+    mon = Monitor(exp, "runid", RunDir(tmp_path), bind=f"ipc://{private_ipc_dir()}/monitor")
+    mon.pids = {i: os.getpid() for i in range(6)}
+    mon.hosts = {1: frozenset({1, 2, 3}), 4: frozenset({4, 5})}
+    ctx = zmq.Context()
+    try:
+        nodes = [_dealer(ctx, mon.endpoint, b"n%d" % i) for i in range(6)]  # kept: a closed socket drops its queue
+        for i, node in enumerate(nodes):
+            node.send_multipart(_msg("hello", "", i, hash=exp.hash, endpoints={}))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(s.joined for s in mon.nodes.values()):
+            mon.poll(50)
+        assert mon.welcomed
+        before = {i: s.last_seen for i, s in mon.nodes.items()}
+        host = _dealer(ctx, mon.endpoint, host_identity(1))
+        host.send_multipart(_msg("heartbeats", "runid", 1, nodes=[[1, 7, "running", 0.25], [2, 7, "running", 0.5], [5, 9, "running", 0.0]]))
+        others = [_dealer(ctx, mon.endpoint, host_identity(2)), _dealer(ctx, mon.endpoint, host_identity(4))]
+        others[0].send_multipart(_msg("heartbeats", "runid", 2, nodes=[[2, 8, "running", 0.0]]))
+        others[1].send_multipart(_msg("heartbeats", "runid", 1, nodes=[[4, 8, "running", 0.0]]))  # as host 1, on host 4's id
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and mon.dropped < 3:
+            mon.poll(50)
+        assert mon.nodes[1].round == 7 and mon.nodes[1].train_loss == 0.25 and mon.nodes[1].last_seen > before[1]
+        assert mon.nodes[2].round == 7 and mon.nodes[2].last_seen > before[2]
+        assert mon.nodes[5].round == 0 and mon.nodes[5].last_seen == before[5], "a beat for another host's node counted"
+        assert mon.nodes[4].round == 0, "a beat under another host's routing id counted"
+        assert mon.dropped == 3  # node 5 (not of host 1), host 2 (leads no host), host 1 on h4's id
+        assert set(mon.host_routes) == {1}
+        mon.beat(time.monotonic() + 60)
+        assert host.poll(5000), "the monitor did not beat the host"
+        assert decode(host.recv_multipart(), max_bytes=1 << 16).kind == "heartbeat"
+    finally:
+        ctx.destroy(linger=0)
+        mon.close()

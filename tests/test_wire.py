@@ -90,6 +90,11 @@ def control(kind: str, **meta) -> list[bytes]:
     (control("state", round=1, names=[1]), "bad meta field names"),
     (control("lost", back=True), "lost message lacks meta field 'node'"),
     (control("stop", checkpoint="yes"), "bad meta field checkpoint"),
+    (control("heartbeats"), "heartbeats message lacks meta field 'nodes'"),
+    (control("heartbeats", nodes=[[1, 2, "running"]]), "bad meta field nodes"),
+    (control("heartbeats", nodes=[[1, "2", "running", 0.1]]), "bad meta field nodes"),
+    (control("heartbeats", nodes=[[True, 2, "running", 0.1]]), "bad meta field nodes"),
+    (control("heartbeats", nodes={"1": [2, "running", 0.1]}), "bad meta field nodes"),
 ])
 def test_the_meta_fields_handlers_read_are_checked_by_decode(frames, match):
     with pytest.raises(WireError, match=match):
@@ -102,6 +107,7 @@ def test_the_meta_fields_handlers_read_are_checked_by_decode(frames, match):
     control("metric", round=10, test_accuracy=0.9, test_loss=0.3, node=0, role="server", time=1.5, extra=[1, {"a": None}]),
     control("done", state="done", test_accuracy=None, test_loss=None, rounds_completed=3),
     control("stop", reason="x", checkpoint=True),
+    control("heartbeats", nodes=[[1, 4, "running", float("nan")], [2, 4, "running", 0.5]]),
     control("vector", anything={"goes": [1]}),
 ])
 def test_well_formed_meta_passes(frames):

@@ -99,8 +99,10 @@ class Experiment:
     def n(self) -> int:
         return self.honest + self.byzantine
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """The config's hash, computed once: the monitor compares it in 1,101 hellos at
+        case C, and composing YAML for each took two thirds of the launcher's time."""
         return config_hash(self.cfg)
 
     def plan(self) -> list[NodeSpec]:

@@ -86,6 +86,10 @@ class LocalLauncher:
     def hosts(self) -> list[Host]:
         return list({id(h): h for h in self.procs.values()}.values())
 
+    def host_groups(self) -> list[list[int]]:
+        """The node ids of each host process started (one heartbeat each, node/cohost.py)."""
+        return [list(h.nodes) for h in self.hosts]
+
     def run(self) -> dict[str, Any]:
         exp, rundir = self.exp, self.rundir
         cluster = exp.cluster
@@ -115,6 +119,7 @@ class LocalLauncher:
             spawned = time.monotonic()  # a scheduler's spawn returns once its job runs: joins are timed from there
             rundir.update(pids={str(i): p.pid for i, p in self.procs.items()})
             monitor.pids = {i: p.pid for i, p in self.procs.items()}
+            monitor.hosts = {min(g): frozenset(g) for g in self.host_groups() if len(g) > 1}
             self._supervise(monitor, spawned)
         except Interrupted as exc:
             self.state, self.reason = RunState.INTERRUPTED, f"interrupted by {exc}"

@@ -1,7 +1,8 @@
 """The monitor: the control plane every node joins, and the live table of the run.
 
 It checks each hello (known id, matching routing id, same config hash), sends the
-peer table once every node joined, records heartbeats, metric rows and final
+peer table once every node joined, records heartbeats (a node's own, or its host
+process's one beat for all its nodes: node/cohost.py HostBeats), metric rows and final
 figures, and can stop every node.
 """
 
@@ -23,6 +24,7 @@ from rich.table import Table
 from byzctl.config.experiment import Experiment
 from byzctl.launch.checkpoints import NodeStates
 from byzctl.launch.rundir import RunDir
+from byzctl.node.cohost import host_identity
 from byzctl.node.coordinator import config_identity
 from byzctl.node.runtime import identity
 from byzctl.topology.base import NodeSpec, Role
@@ -91,7 +93,19 @@ class Monitor:
         self.pids: dict[int, int] = {}
         """The process the launcher started for each local node. On an ipc:// control socket
         only that process may speak for the node (the kernel names the sender: SO_PEERCRED)."""
+        self.hosts: dict[int, frozenset[int]] = {}
+        """The launcher's host processes of many nodes, by leader (lowest id): whose beats
+        each host's `heartbeats` may carry (set by the launcher once they are started)."""
+        self.host_routes: dict[int, bytes] = {}
+        """Each beating host's heartbeat connection, by leader: the monitor beats it once for all its nodes."""
         self.nodes = {s.id: NodeStatus(s) for s in exp.plan()}
+        self._graph: dict[int, set[int]] = exp.neighbours() if exp.decentralized else {}
+        """In-neighbours of each peer: which entries of the peer table a peer gets."""
+        self._outs: dict[int, set[int]] = {}
+        for i, ins in self._graph.items():
+            for j in ins:
+                self._outs.setdefault(j, set()).add(i)
+        self._central = [i for i, st in self.nodes.items() if st.spec.role.central]
         self.welcomed = False
         self.refused: list[str] = []
         self.max_bytes = int(exp.topology.max_message_mb * 2**20)
@@ -142,7 +156,7 @@ class Monitor:
         the sending process must be the one the launcher started for that node."""
         if self.ring is not None:
             return ""
-        own = config_identity(msg.sender) if msg.kind == "config" else identity(msg.sender)
+        own = {"config": config_identity, "heartbeats": host_identity}.get(msg.kind, identity)(msg.sender)
         if ident != own:
             return f"routing id {ident!r} is not {own!r}"
         peer = sockets.peer_process(first)
@@ -187,6 +201,9 @@ class Monitor:
             # failed while setting up, before its hello: keep the real cause for the run's reason
             st.final, st.state = {"state": "failed", "error": str(msg.meta.get("error", ""))[:2000]}, "failed"
             return
+        if msg.kind == "heartbeats":
+            self._host_beats(ident, msg)
+            return
         if self.routes.get(msg.sender) != ident:
             return  # an older connection of a node that has since said hello again
         if not st.joined or msg.run != self.run_id:
@@ -218,6 +235,25 @@ class Monitor:
             st.state = str(msg.meta.get("state", "done"))
             if "test_accuracy" in msg.meta and msg.meta["test_accuracy"] is not None:
                 st.accuracy = msg.meta["test_accuracy"]
+
+    def _host_beats(self, ident: bytes, msg: Message) -> None:
+        """A host process's beats for its joined nodes (`_forged` checked it speaks for its leader)."""
+        members = self.hosts.get(msg.sender)
+        if members is None or msg.run != self.run_id:
+            self.drops.drop(ident, Reason.unexpected, f"heartbeats from node {msg.sender}, which leads no host process of this run")
+            return
+        self.host_routes[msg.sender] = ident
+        now = time.monotonic()
+        for node, rnd, state, loss in msg.meta["nodes"]:  # types checked by decode
+            st = self.nodes.get(node)
+            if st is None or node not in members:
+                self.drops.drop(ident, Reason.unauthenticated, f"host of node {msg.sender} beats for node {node}, not one of its nodes")
+                continue
+            if st.joined:
+                st.last_seen = now
+                st.round = max(st.round, rnd)
+                st.state = state[:32]
+                st.train_loss = float(loss)
 
     def _honest_round(self, msg: Message, row: dict[str, Any]) -> None:
         """Decentralized runs: once every live honest peer evaluated round r, record
@@ -314,16 +350,15 @@ class Monitor:
         st.endpoints = dict(endpoints)
         if self.welcomed:  # a restarted node rejoins and catches up from the current round
             now_round = max((s.round for s in self.nodes.values() if not s.lost), default=0)
-            self._send(msg.sender, "welcome", {"peers": self.peer_table(), "run": self.run_id, "round": now_round})
+            self._send(msg.sender, "welcome", {"peers": self.peer_table(msg.sender), "run": self.run_id, "round": now_round})
             self.event("node_rejoined", msg.sender, "said hello again")
             self._notify(msg.sender, {"node": msg.sender, "back": True, "endpoints": st.endpoints})
         elif all(s.joined for s in self.nodes.values()):
-            table = self.peer_table()
             now = time.monotonic()
             for s in self.nodes.values():  # liveness counts from the start of the run, not from each hello
                 s.last_seen = now
             for node_id in self.nodes:
-                meta: dict[str, Any] = {"peers": table, "run": self.run_id}
+                meta: dict[str, Any] = {"peers": self.peer_table(node_id), "run": self.run_id}
                 tensors = []
                 if node_id in self.resume:
                     r, state = self.resume[node_id]
@@ -402,8 +437,17 @@ class Monitor:
         return [i for i, s in self.nodes.items()
                 if self.welcomed and s.joined and not s.lost and not s.final and now - s.last_seen > limit]
 
-    def peer_table(self) -> dict[str, Any]:
-        return {str(i): {"role": s.spec.role.value, "byzantine": s.spec.byzantine, "endpoints": s.endpoints} for i, s in self.nodes.items()}
+    def peer_table(self, node_id: int) -> dict[str, Any]:
+        """The part of the peer table node `node_id` dials: itself, the central nodes (the
+        ps server, the hub relay) and its graph neighbours both ways; a central node gets
+        all of it. A whole table for every node was O(n^2): at 1,101 nodes, 121 MB of
+        welcomes whose decoding kept the hosts busy past peer_timeout."""
+        if self.nodes[node_id].spec.role.central:
+            wanted: set[int] = set(self.nodes)
+        else:
+            wanted = {node_id, *self._central, *self._graph.get(node_id, ()), *self._outs.get(node_id, ())}
+        return {str(i): {"role": s.spec.role.value, "byzantine": s.spec.byzantine, "endpoints": s.endpoints}
+                for i, s in ((i, self.nodes[i]) for i in sorted(wanted))}
 
     def missing(self) -> list[int]:
         return [i for i, s in self.nodes.items() if not s.joined]
@@ -419,8 +463,12 @@ class Monitor:
         if now < self._next_beat:
             return
         self._next_beat = now + self.exp.topology.heartbeat_interval
+        beaten: set[int] = set()
+        for leader, route in self.host_routes.items():  # one beat tells every node of that host
+            self._send(leader, "heartbeat", {}, to=route)
+            beaten |= self.hosts[leader]
         for node_id, st in self.nodes.items():
-            if st.joined and not st.lost and not st.final:
+            if st.joined and not st.lost and not st.final and node_id not in beaten:
                 self._send(node_id, "heartbeat", {})
 
     # -- view -------------------------------------------------------------------------

@@ -145,6 +145,9 @@ class RayRun(LocalLauncher):
     def monitor_bind(self) -> str:
         return f"tcp://{self.address}:*"
 
+    def host_groups(self) -> list[list[int]]:
+        return [list(g) for g in self.hosts_plan]
+
     def spawn(self, monitor: Monitor, resolved: Path) -> None:
         ray = self.ray
         from ray.util.placement_group import placement_group

@@ -162,6 +162,9 @@ class SlurmRun(LocalLauncher):
     def monitor_bind(self) -> str:
         return f"tcp://{this_address(self.cfg.monitor_host)}:*"
 
+    def host_groups(self) -> list[list[int]]:
+        return [list(g) for g in self.hosts_plan]
+
     def spawn(self, monitor: Monitor, resolved: Path) -> None:
         """Submit the job and return once it runs (a queued job is not late to join)."""
         folder = self.rundir.path / "slurm"

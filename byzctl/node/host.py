@@ -1,13 +1,15 @@
 """A host process: one or many logical nodes of a run (packing, `processes=`).
 
-Each logical node keeps everything that makes it a node (its sockets, heartbeats,
-round state, its own log file `nodes/<id>.log`) and runs on its own thread; the
+Each logical node keeps everything that makes it a node (its sockets, round state,
+its own log file `nodes/<id>.log`); it sets itself up and joins on its own thread,
+then the host's one event loop serves it with the others (node/hostloop.py); the
 process shares what a node does not need to own (node/cohost.py): the imported torch
 and byzctl, one ZeroMQ context (one I/O thread, one CURVE authenticator), the loaded
-data, batched honest gradients, and one adversary for its omniscient Byzantine ps
-workers (one oracle view and one attack a round for all of them). Nodes on the same
-host otherwise talk through their sockets (ipc:// on one machine), so every message
-is validated the same way whether its sender is co-hosted or not.
+data, batched honest gradients, one heartbeat message for all its nodes, and one
+adversary for its omniscient Byzantine ps workers (one oracle view and one attack a
+round for all of them). Nodes on the same host otherwise talk through their sockets
+(ipc:// on one machine), so every message is validated the same way whether its
+sender is co-hosted or not.
 
 `host_main` is what the launcher's fork server runs in each child (launch/hosts.py).
 """
@@ -30,7 +32,8 @@ import zmq
 from byzctl.config.compose import load_resolved
 from byzctl.config.experiment import Experiment
 from byzctl.node import main as node_main
-from byzctl.node.cohost import Adversary, Cohost
+from byzctl.node.cohost import Adversary, Cohost, HostBeats
+from byzctl.node.hostloop import HostLoop, turning
 from byzctl.topology.base import NodeSpec, Role
 from byzctl.transport import curve
 
@@ -120,8 +123,10 @@ class _NodeLogs(logging.Handler):
         self.host.setFormatter(self.formatter)
 
     def emit(self, record: logging.LogRecord) -> None:
-        match = _NODE_THREAD.match(threading.current_thread().name)  # node12, or its pool's node12_0
-        node = int(match.group(1)) if match else None
+        node = turning()  # the host loop, in node 12's turn
+        if node is None:
+            match = _NODE_THREAD.match(threading.current_thread().name)  # node12, or its pool's node12_0
+            node = int(match.group(1)) if match else None
         record.node = f"node{node}" if node is not None else "host"
         stream = self.streams.get(node) if node is not None else None
         if stream is None:
@@ -151,7 +156,9 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     ring = exp.keyring
     auth = curve.start_authenticator(ctx, ring) if ring is not None else None
     codes: dict[int, int] = {}
-    shared = Cohost(ctx, adversary=Adversary([s.id for s in specs if s.byzantine and s.role is Role.worker]))
+    beats = HostBeats(ctx, min(node_ids), control, run_id, interval=exp.topology.heartbeat_interval, ring=ring)
+    loop = HostLoop()
+    shared = Cohost(ctx, adversary=Adversary([s.id for s in specs if s.byzantine and s.role is Role.worker]), beats=beats, loop=loop)
 
     def one(spec: NodeSpec) -> None:
         try:
@@ -163,6 +170,8 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
     threads = [threading.Thread(target=one, args=(spec,), name=f"node{spec.id}", daemon=True) for spec in specs]
     log.info("host of nodes %s (pid %d)", node_ids, os.getpid())
     try:
+        beats.start()
+        loop.start()
         for t in threads:
             t.start()
         for t in threads:
@@ -174,6 +183,8 @@ def run_host(exp: Experiment, node_ids: list[int], control: str, run_id: str, ru
                      [i for i in node_ids if i not in codes])
         raise
     finally:
+        loop.stop()
+        beats.stop()
         if auth is not None:
             auth.stop()
         node_main.orphaned(launcher_pid, run_dir, node_ids)

@@ -129,7 +129,10 @@ def serve_node(exp: Experiment, spec: NodeSpec, control: str, run_id: str, *, st
         node.setup(shard)
         log.info("%s ready in %.1fs", spec.label, time.monotonic() - t0)
         node.connect(node.join(node.endpoints()))
-        node.serve()
+        if host is not None and host.loop is not None:
+            host.loop.serve(node)
+        else:
+            node.serve()
         node.heartbeat(time.monotonic(), force=True)
         if not node.reported_done:  # workers and relays: tell the monitor this exit is expected
             node.report("done", {"state": node.state, "rounds_completed": node.round})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -53,6 +53,8 @@ class NodeRuntime:
         batched gradients, the Byzantine workers' adversary); None: this node has its own."""
         self.host = host
         self.batcher = host.batcher if host is not None else None
+        self.beats = host.beats if host is not None else None
+        """The host's one heartbeat (node/cohost.py HostBeats), or None: this node sends its own."""
         self.exp, self.spec, self.run_id = exp, spec, run_id
         self.started_at = time.monotonic()  # reset by start(): training time is counted from there
         self.topo = exp.topology
@@ -193,7 +195,7 @@ class NodeRuntime:
         deadline = time.monotonic() + self.topo.join_timeout
         while (now := time.monotonic()) < deadline:
             self.heartbeat(now)
-            if not self.control.poll(100):
+            if not self.control.poll(max(1, int(1000 * (min(self._next_heartbeat, deadline) - now)))):
                 continue
             try:
                 _, reply = sockets.recv(self.control, routed=False, max_bytes=self.max_bytes)
@@ -225,8 +227,13 @@ class NodeRuntime:
                 self._drain(sock, True)
 
     def heartbeat(self, now: float, *, force: bool = False) -> None:
+        """Say this node is alive, every heartbeat_interval: through its host's one beat when
+        it has one (`force` sends its own)."""
         if force or now >= self._next_heartbeat:
             self._next_heartbeat = now + self.topo.heartbeat_interval
+            if self.beats is not None and not force:
+                self.beats.record(self.spec.id, self.round, self.state, self.loss)
+                return
             meta = {"loss": self.loss, "state": self.state, "dropped": self.dropped}
             sockets.send(self.control, self.msg("heartbeat", meta=meta), block=False)
 
@@ -244,8 +251,9 @@ class NodeRuntime:
     def check_coordinator(self, now: float) -> None:
         """CoordinatorLost once the monitor (which heartbeats every joined node) has sent
         nothing for peer_timeout."""
-        if now - self.monitor_seen > self.topo.peer_timeout:
-            raise CoordinatorLost(f"node {self.spec.id}: the monitor sent nothing for {now - self.monitor_seen:.0f}s "
+        seen = max(self.monitor_seen, self.beats.monitor_seen) if self.beats is not None else self.monitor_seen
+        if now - seen > self.topo.peer_timeout:
+            raise CoordinatorLost(f"node {self.spec.id}: the monitor sent nothing for {now - seen:.0f}s "
                                   f"(topology.peer_timeout={self.topo.peer_timeout}): the coordinator is gone")
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -333,31 +341,43 @@ class NodeRuntime:
         return None
 
     def serve(self) -> None:
+        """This node's own event loop, until it finishes (a node of a host process of many
+        is served by the host's one loop instead: node/hostloop.py)."""
+        self.begin()
+        while not self.finished:
+            wait = self.due() - time.monotonic()
+            self.turn(dict(self.poller.poll(max(0, int(wait * 1000)) + 1)))
+
+    def begin(self) -> None:
+        """Enter the serving state, before the loop's first turn."""
         self.state = "running"
         self.start()
-        while not self.finished:
-            now = time.monotonic()
-            wait = self._next_heartbeat - now
-            deadline = self.next_deadline()
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            events = dict(self.poller.poll(max(0, int(wait * 1000)) + 1))
-            if self.wake_r in events:
-                try:
-                    os.read(self.wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            if self.control in events:
-                self._drain_control()
-            for sock, routed in self.data.items():
-                if sock in events:
-                    self._drain(sock, routed)
-            now = time.monotonic()
-            if not self.finished:
-                self.on_tick(now)
-            self.heartbeat(now)
-            if not self.finished:
-                self.check_coordinator(now)
+
+    def due(self) -> float:
+        """When this node needs a turn even if nothing arrives: its heartbeat or its deadline."""
+        deadline = self.next_deadline()
+        return self._next_heartbeat if deadline is None else min(self._next_heartbeat, deadline)
+
+    def turn(self, events: Mapping[Any, int]) -> None:
+        """One pass of the loop: handle what the poll found ready among this node's sockets
+        and wake-up pipe (`events`, maybe none when the turn is due), then its deadlines,
+        its heartbeat and the coordinator's."""
+        if self.wake_r in events:
+            try:
+                os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if self.control in events:
+            self._drain_control()
+        for sock, routed in self.data.items():
+            if sock in events:
+                self._drain(sock, routed)
+        now = time.monotonic()
+        if not self.finished:
+            self.on_tick(now)
+        self.heartbeat(now)
+        if not self.finished:
+            self.check_coordinator(now)
 
     def _drain(self, sock: zmq.Socket, routed: bool) -> None:
         """Handle what `sock` holds now, for at most DRAIN_BUDGET_S. `decode` has checked

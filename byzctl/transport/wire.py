@@ -37,7 +37,8 @@ KINDS = frozenset(
         "hello",  # node -> monitor / worker -> server: id, role, config hash, endpoints
         "welcome",  # accepted hello; monitor -> node carries the peer table
         "refuse",  # rejected hello, with the reason
-        "heartbeat",  # node -> monitor: round, loss, state; monitor -> node: the coordinator is alive
+        "heartbeat",  # node -> monitor: round, loss, state; monitor -> node (or host): the coordinator is alive
+        "heartbeats",  # host process -> monitor: the beats of its nodes (node/cohost.py HostBeats)
         "metric",  # node -> monitor: one evaluation row
         "done",  # node -> monitor: final figures
         "stop",  # monitor/server -> node: finish now
@@ -100,6 +101,13 @@ def _int_list(v: Any) -> bool:
     return isinstance(v, list) and all(_is_int(x) for x in v)
 
 
+def _beats(v: Any) -> bool:
+    """[[node, round, state, loss], ...]: a host's beats."""
+    return isinstance(v, list) and all(
+        isinstance(b, list) and len(b) == 4 and _is_int(b[0]) and _is_int(b[1]) and isinstance(b[2], str) and _number(b[3])
+        for b in v)
+
+
 _EVAL = {"round": (_int, True), "test_accuracy": (_number, True), "test_loss": (_number, True)}
 META: dict[str, dict[str, tuple[Any, bool]]] = {
     "hello": {"hash": (_str, True), "role": (_str, False), "endpoints": (_str_map, False), "pid": (_int, False),
@@ -107,6 +115,7 @@ META: dict[str, dict[str, tuple[Any, bool]]] = {
     "welcome": {"peers": (_map, False), "run": (_str, False), "round": (_int, False), "resume": (_map, False)},
     "refuse": {"reason": (_str, False)},
     "heartbeat": {"loss": (_number, False), "state": (_str, False), "dropped": (_int, False)},
+    "heartbeats": {"nodes": (_beats, True)},
     "metric": {**_EVAL, "node": (_int, False), "role": (_str, False), "time": (_number, False)},
     "done": {"state": (_str, False), "error": (_str, False), "rounds_completed": (_int, False),
              "test_accuracy": (_number_or_none, False), "test_loss": (_number_or_none, False)},
