@@ -5,6 +5,7 @@ selection kernel (numba), so no host process imports or compiles them again."""
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import torch
 
@@ -37,3 +38,7 @@ def _batched() -> None:
 
 _kernels()
 _batched()
+
+# What the server holds now is never collected: frozen, the collector of a forked host does
+# not walk (and so copy, page by page) the server's objects on its first collections.
+gc.freeze()

@@ -58,6 +58,8 @@ class PsServer(RoundLoop):
         self.routes: dict[int, bytes] = {}
         self.refusals: dict[bytes, int] = {}  # routing id -> refusals sent to it
         self.prev_agg: Tensor | None = None
+        self.rows: Tensor | None = None
+        """The round's (n, d) matrix, written in place each round (`_stack`)."""
 
     def endpoints(self) -> dict[str, str]:
         return {"data": self.bound}
@@ -82,10 +84,10 @@ class PsServer(RoundLoop):
         ]
         if self.exp.attack.knowledge == Knowledge.omniscient and byz:
             gathers = {"honest": Gather(honest, max(1, quorum - len(byz))), "byzantine": Gather(byz, 0)}
-            ops += [Op("oracle", self._oracle, ("honest",)), Op("stack", _stack2, ("oracle", "byzantine"))]
+            ops += [Op("oracle", self._oracle, ("honest",)), Op("stack", self._stack2, ("oracle", "byzantine"))]
         else:
             gathers = {"vectors": Gather(honest | byz, quorum)}
-            ops += [Op("stack", _stack1, ("vectors",))]
+            ops += [Op("stack", self._stack1, ("vectors",))]
         return Dag([], ops, gathers)
 
     def open_round(self, run: DagRun) -> None:
@@ -113,8 +115,25 @@ class PsServer(RoundLoop):
                 self._send_to(wid, msg)
         return view
 
+    def _stack(self, rows: list[Tensor]) -> Tensor:
+        """(n, d) from n rows, in the matrix kept from the last round: a new one each round
+        is fresh pages for the kernel to fault in (40 MB at 125 workers of a 79,510-parameter
+        MLP: 28 ms to stack, 5 ms in place)."""
+        if self.rows is None or self.rows.shape[0] != len(rows) or self.rows.dtype != rows[0].dtype:
+            self.rows = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype)
+        return torch.stack(rows, out=self.rows)
+
+    def _stack1(self, vectors: dict[int, Tensor]) -> Tensor:
+        return self._stack(by_id(vectors))  # (n, d)
+
+    def _stack2(self, honest: Tensor, byz: dict[int, Tensor]) -> Tensor:
+        return self._stack([*honest, *by_id(byz)])  # (n, d): the oracle view is sent on, so copied, never reused
+
     def _aggregate(self, x: Tensor) -> Tensor:
-        return self.exp.aggregate(x.to(self.exp.device), center=self.prev_agg, generator=self.rng("aggregate", self.round))  # (d,)
+        agg = self.exp.aggregate(x.to(self.exp.device), center=self.prev_agg, generator=self.rng("aggregate", self.round))  # (d,)
+        if self.rows is not None and agg.untyped_storage().data_ptr() == self.rows.untyped_storage().data_ptr():
+            agg = agg.clone()  # a row of the matrix (krum's pick): the next round overwrites it
+        return agg
 
     def _step(self, agg: Tensor) -> Tensor:
         self.prev_agg = agg
@@ -199,14 +218,6 @@ class PsServer(RoundLoop):
         for wid in self.workers:
             sockets.send(self.sock, self.msg("stop", meta={"reason": "training complete"}), to=self.route(wid), block=False)
         self.report_done()
-
-
-def _stack1(vectors: dict[int, Tensor]) -> Tensor:
-    return torch.stack(by_id(vectors))  # (n, d)
-
-
-def _stack2(honest: Tensor, byz: dict[int, Tensor]) -> Tensor:
-    return torch.cat([honest, *[v[None] for v in by_id(byz)]]) if byz else honest  # (n, d)
 
 
 class PsWorker(NodeRuntime):
