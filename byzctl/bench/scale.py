@@ -174,7 +174,8 @@ def run_real(case: str, layout: str, overrides: list[str], *, timeout: float) ->
         if rc is None:
             return replace(row, wall_s=None, note=f"timed out after {timeout:g} s (--timeout): stopped")
         if rc != 0:
-            return replace(row, wall_s=None, note=f"byzctl run exited {rc}: {_error_text((Path(tmp) / 'stderr').read_text(errors='replace'))}")
+            why = _error_text((Path(tmp) / "stderr").read_text(errors="replace")) or _run_reason(run_dir) or "(no message)"
+            return replace(row, wall_s=None, note=f"byzctl run exited {rc}: {why}")
         return _read_run(row, run_dir, peak.mb)
 
 
@@ -196,7 +197,16 @@ def _error_text(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     errors = [ln for ln in lines if "error:" in ln.lower()]
     text = errors[-1] if errors else " / ".join(lines[:3])
-    return text[:400] or "(no message)"
+    return text[:400]
+
+
+def _run_reason(run_dir: Path) -> str:
+    """A run that ended FAILED says why in its run.json (its launcher printed it to stdout)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return f"{info.get('state', '')}: {info.get('reason', '')}"[:400]
 
 
 def _read_run(row: Row, run_dir: Path, peak_mb: float) -> Row:

@@ -93,6 +93,10 @@ class Monitor:
         self.pids: dict[int, int] = {}
         """The process the launcher started for each local node. On an ipc:// control socket
         only that process may speak for the node (the kernel names the sender: SO_PEERCRED)."""
+        self.read_all_at = time.monotonic()
+        """When the monitor last had read everything that had arrived. Silence is measured up
+        to then: a node's heartbeat queued behind a backlog (1,100 workers' checkpoint states,
+        350 MB at case C) is not its silence."""
         self.hosts: dict[int, frozenset[int]] = {}
         """The launcher's host processes of many nodes, by leader (lowest id): whose beats
         each host's `heartbeats` may carry (set by the launcher once they are started)."""
@@ -129,10 +133,14 @@ class Monitor:
         heartbeating, the caller must still get to `beat` (nodes stop after peer_timeout
         without the monitor's heartbeats) and to its checks."""
         if not self.sock.poll(timeout_ms):
+            self.read_all_at = time.monotonic()
             self.drops.flush()
             return
         until = time.monotonic() + DRAIN_BUDGET_S
-        while sockets.readable(self.sock) and time.monotonic() < until:
+        while time.monotonic() < until:
+            if not sockets.readable(self.sock):
+                self.read_all_at = time.monotonic()
+                break
             ident, body = sockets.recv_frames(self.sock, routed=True)
             ident = ident or b""
             try:
@@ -432,10 +440,11 @@ class Monitor:
         self._notify(node_id, {"node": node_id, "back": False, "reason": reason})
 
     def silent(self, now: float) -> list[int]:
-        """Joined nodes that still run but sent nothing for peer_timeout (dead or hung)."""
+        """Joined nodes that still run but sent nothing for peer_timeout (dead or hung), up to
+        the last time the monitor had read all that arrived (`read_all_at`)."""
         limit = self.exp.topology.peer_timeout
         return [i for i, s in self.nodes.items()
-                if self.welcomed and s.joined and not s.lost and not s.final and now - s.last_seen > limit]
+                if self.welcomed and s.joined and not s.lost and not s.final and self.read_all_at - s.last_seen > limit]
 
     def peer_table(self, node_id: int) -> dict[str, Any]:
         """The part of the peer table node `node_id` dials: itself, the central nodes (the
