@@ -17,9 +17,11 @@ raised on its own thread as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -104,22 +106,29 @@ class HostLoop:
                     poller.register(item, zmq.POLLIN)
                     owner[item] = s
 
+        def step(s: _Serving, act: Callable[[], None]) -> None:
+            """One step of node s (its begin, or a turn), as its own: its log lines to its log,
+            its exception ending it alone; then it leaves if it finished."""
+            _turning.node = s.node.spec.id
+            try:
+                act()
+            except BaseException as exc:  # noqa: BLE001 - the node's failure, raised on its own thread
+                end(s, exc)
+                return
+            finally:
+                _turning.node = None
+            if s.node.finished:
+                end(s)
+            else:
+                sync(s)
+
         while not self._stopped:
             with self._lock:
                 arrived, self._arrived = self._arrived, []
             for s in arrived:
                 live.append(s)
                 sync(s)
-                _turning.node = s.node.spec.id
-                try:
-                    s.node.begin()
-                except BaseException as exc:  # noqa: BLE001 - the node's failure, raised on its own thread
-                    end(s, exc)
-                    continue
-                finally:
-                    _turning.node = None
-                if s.node.finished:
-                    end(s)
+                step(s, s.node.begin)
             now = time.monotonic()
             wait = min((s.node.due() for s in live), default=now + 1.0) - now
             ready: dict[_Serving, dict[Any, int]] = {}
@@ -135,17 +144,6 @@ class HostLoop:
                 if s not in ready and s.node.due() <= now:
                     ready[s] = {}
             for s, events in ready.items():
-                _turning.node = s.node.spec.id
-                try:
-                    s.node.turn(events)
-                except BaseException as exc:  # noqa: BLE001 - the node's failure, raised on its own thread
-                    end(s, exc)
-                    continue
-                finally:
-                    _turning.node = None
-                if s.node.finished:
-                    end(s)
-                else:
-                    sync(s)
+                step(s, functools.partial(s.node.turn, events))
         for s in list(live):
             end(s, RuntimeError("the host process's loop stopped"))
