@@ -200,7 +200,7 @@ class Peer(RoundLoop):
             honest = own[None]  # (1, d): knowledge=local, or nothing seen
         ctx = self.attack_context(len(self.ins) + 1, self.round)
         if not exp.attack.per_recipient:
-            vec = exp.attack(honest.to(exp.device), f=exp.byzantine, ctx=ctx)[self.spec.byz_index % max(1, exp.byzantine)]
+            vec = exp.attack(honest.to(exp.device), f=exp.byzantine, ctx=ctx)[self.spec.byz_index % max(1, exp.byzantine)].clone()  # (d,), not a view of f rows
             return {j: vec for j in self.outs}
         out = {}
         for j in self.outs:
@@ -208,7 +208,7 @@ class Peer(RoundLoop):
             # the honest vectors it received from j's in-neighbours.
             mine = [v for src, v in view.items() if src == j or src in self.graph[j]]
             hv = torch.stack(mine) if mine else honest
-            out[j] = exp.attack(hv.to(exp.device), f=exp.byzantine, ctx=ctx)[self.spec.byz_index % max(1, exp.byzantine)]
+            out[j] = exp.attack(hv.to(exp.device), f=exp.byzantine, ctx=ctx)[self.spec.byz_index % max(1, exp.byzantine)].clone()
         return out
 
     def _send_attack(self, vecs: dict[int, Tensor]) -> None:

@@ -268,10 +268,10 @@ class PsWorker(NodeRuntime):
             out = exp.attack(view.to(exp.device), f=exp.byzantine, ctx=self.attack_context(exp.n, r, ADVERSARY))  # (f, d)
             if self.adversary is not None:
                 self.adversary.post(r, out)
-            return out[self.spec.byz_index]
+            return out[self.spec.byz_index].clone()  # (d,): a view would keep all f rows alive while the send is queued
 
         if self.adversary is not None and self.adversary.leader != self.spec.id:  # the leader computes this host's attack
-            return Dag(["model", "attacked"], [Op("pick", lambda out: out[self.spec.byz_index], ("attacked",)),
+            return Dag(["model", "attacked"], [Op("pick", lambda out: out[self.spec.byz_index].clone(), ("attacked",)),
                                               Op("send", self._send, ("pick",))])
         view = "oracle" if attack.knowledge == Knowledge.omniscient else "own"
         ops = [Op("attack", attack_op, (view,), heavy=True), Op("send", self._send, ("attack",))]
