@@ -129,8 +129,9 @@ class HostLoop:
                 live.append(s)
                 sync(s)
                 step(s, s.node.begin)
+            due = {s: s.node.due() for s in live}  # a node's due moves only in its own turns
             now = time.monotonic()
-            wait = min((s.node.due() for s in live), default=now + 1.0) - now
+            wait = min(due.values(), default=now + 1.0) - now
             ready: dict[_Serving, dict[Any, int]] = {}
             for item, event in poller.poll(max(0, int(wait * 1000)) + 1):
                 node = owner.get(item)
@@ -140,8 +141,8 @@ class HostLoop:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
             now = time.monotonic()
-            for s in live:
-                if s not in ready and s.node.due() <= now:
+            for s, when in due.items():
+                if s not in ready and when <= now:
                     ready[s] = {}
             for s, events in ready.items():
                 step(s, functools.partial(s.node.turn, events))
